@@ -1,0 +1,1 @@
+"""Latent-space editing: InterFaceGAN, GANSpace, SeFa directions applied to inversions."""

@@ -1,0 +1,1 @@
+"""Everything from a photo to StyleGAN2 W+ codes and a generator."""
