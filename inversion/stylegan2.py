@@ -1,0 +1,408 @@
+"""The one StyleGAN2 generator of the project: pure PyTorch, rosinality state-dict layout.
+
+The module tree (and therefore every ``state_dict`` key and shape) is that of rosinality's
+``stylegan2-pytorch`` ``Generator`` (config-f), so the official FFHQ checkpoint and the
+``decoder.*`` part of the pSp / e4e checkpoints load with ``strict=True``.
+
+The forward computation is written differently from the reference, for speed on any batch size:
+modulation scales the activations instead of building one weight per sample (no grouped conv),
+demodulation scales the output channels, blur/upsampling FIRs are depthwise convolutions.
+The two formulations are equal in exact arithmetic (measured: ~1e-13 apart in float64).
+
+Shapes: ``w``/``z`` are ``(N, style_dim)``, W+ codes ``(N, n_latent, style_dim)``, images
+``(N, 3, size, size)`` with real checkpoints in about ``[-1, 1]`` (never clamped here).
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NoiseSpec = Union[None, str, Sequence[torch.Tensor]]
+SQRT2 = math.sqrt(2.0)
+
+
+# ----------------------------------------------------------------------------- pure ops
+
+
+def fir_kernel(taps: Sequence[float], gain: float = 1.0) -> torch.Tensor:
+    """2-D separable FIR kernel from 1-D taps, normalised to sum ``gain``."""
+    k = torch.tensor(taps, dtype=torch.float32)
+    k = k[:, None] * k[None, :]
+    return k / k.sum() * gain
+
+
+def blur(x: torch.Tensor, kernel: torch.Tensor, pad: int) -> torch.Tensor:
+    """Depthwise FIR filter (symmetric ``kernel`` (k, k)) with zero padding ``pad`` on every side."""
+    c = x.shape[1]
+    weight = kernel.to(x.dtype).expand(c, 1, *kernel.shape)
+    return F.conv2d(x, weight, padding=pad, groups=c)
+
+
+def upsample2x(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Zero-insertion x2, pad (2, 1), FIR ``kernel`` (4x4, gain already included) -> (N, C, 2H, 2W).
+
+    Written as one depthwise transposed convolution (stride 2, padding 1), which is the same map.
+    """
+    c = x.shape[1]
+    weight = kernel.to(x.dtype).expand(c, 1, *kernel.shape)
+    return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=c)
+
+
+def bias_leaky_relu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``leaky_relu(x + bias, 0.2) * sqrt(2)`` with ``bias`` over dim 1."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return F.leaky_relu(x + bias.view(shape), 0.2) * SQRT2
+
+
+def modulated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    *,
+    demodulate: bool = True,
+    upsample: bool = False,
+    blur_kernel: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """StyleGAN2 modulated convolution, batch-friendly form.
+
+    x: (N, I, H, W); weight: (O, I, k, k), already scaled; styles: (N, I).
+    Returns (N, O, H, W), or (N, O, 2H, 2W) with ``upsample`` (transposed conv stride 2, then
+    the 4x4 ``blur_kernel`` with padding 1, as the reference does).
+    """
+    x = x * styles.to(x.dtype)[:, :, None, None]
+    if upsample:
+        x = F.conv_transpose2d(x, weight.transpose(0, 1).to(x.dtype), stride=2)
+        x = blur(x, blur_kernel, pad=1)
+    else:
+        x = F.conv2d(x, weight.to(x.dtype), padding=weight.shape[-1] // 2)
+    if demodulate:
+        acc = torch.promote_types(weight.dtype, torch.float32)  # demodulate in >= float32 under autocast
+        with torch.autocast(x.device.type, enabled=False):
+            w2 = weight.to(acc).square().sum(dim=(2, 3))  # (O, I)
+            d = torch.rsqrt(styles.to(acc).square() @ w2.t() + 1e-8)  # (N, O)
+        x = x * d.to(x.dtype)[:, :, None, None]
+    return x
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class PixelNorm(nn.Module):
+    """``x * rsqrt(mean(x^2, dim=1) + 1e-8)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with equalised learning rate; optional fused bias + leaky ReLU."""
+
+    def __init__(self, in_dim: int, out_dim: int, *, bias_init: float = 0.0, lr_mul: float = 1.0,
+                 activate: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.activate = activate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activate:
+            return bias_leaky_relu(F.linear(x, self.weight * self.scale), self.bias * self.lr_mul)
+        return F.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
+
+
+class ModulatedConv2d(nn.Module):
+    """Weight (1, O, I, k, k) modulated per sample by a style from ``modulation``."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, style_dim: int, *,
+                 demodulate: bool = True, upsample: bool = False,
+                 blur_taps: Sequence[float] = (1, 3, 3, 1)) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel_size, kernel_size))
+        if upsample:
+            self.blur = _KernelHolder(fir_kernel(blur_taps, gain=4.0))
+        self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
+        self.scale = 1.0 / math.sqrt(in_ch * kernel_size * kernel_size)
+        self.demodulate = demodulate
+        self.upsample = upsample
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        styles = self.modulation(w)
+        return modulated_conv2d(
+            x, self.weight[0] * self.scale, styles, demodulate=self.demodulate,
+            upsample=self.upsample, blur_kernel=self.blur.kernel if self.upsample else None,
+        )
+
+
+class _KernelHolder(nn.Module):
+    """Holds a fixed FIR kernel buffer named ``kernel`` (the reference's ``Blur``/``Upsample``)."""
+
+    def __init__(self, kernel: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("kernel", kernel)
+
+
+class NoiseInjection(nn.Module):
+    """``x + weight * noise`` with a learned scalar ``weight``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return x + self.weight.to(x.dtype) * noise.to(x.dtype)
+
+
+class FusedBiasActivation(nn.Module):
+    """Bias then leaky ReLU (slope 0.2) times sqrt(2); the bias is the only parameter."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bias_leaky_relu(x, self.bias.to(x.dtype))
+
+
+class StyledConv(nn.Module):
+    """Modulated 3x3 conv (optionally upsampling), noise injection, bias + activation."""
+
+    def __init__(self, in_ch: int, out_ch: int, style_dim: int, *, upsample: bool = False,
+                 blur_taps: Sequence[float] = (1, 3, 3, 1)) -> None:
+        super().__init__()
+        self.conv = ModulatedConv2d(in_ch, out_ch, 3, style_dim, upsample=upsample, blur_taps=blur_taps)
+        self.noise = NoiseInjection()
+        self.activate = FusedBiasActivation(out_ch)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.noise(self.conv(x, w), noise))
+
+
+class ToRGB(nn.Module):
+    """1x1 modulated conv to RGB (no demodulation) + bias, plus the upsampled previous skip."""
+
+    def __init__(self, in_ch: int, style_dim: int, *, upsample: bool = True,
+                 blur_taps: Sequence[float] = (1, 3, 3, 1)) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        if upsample:
+            self.upsample = _KernelHolder(fir_kernel(blur_taps, gain=4.0))
+        self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out = self.conv(x, w) + self.bias.to(x.dtype)
+        if skip is not None:
+            out = out + upsample2x(skip, self.upsample.kernel)
+        return out
+
+
+class ConstantInput(nn.Module):
+    """Learned (1, C, 4, 4) input, repeated over the batch."""
+
+    def __init__(self, channels: int, size: int = 4) -> None:
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channels, size, size))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.input.expand(batch, -1, -1, -1)
+
+
+class NoiseBuffers(nn.Module):
+    """Fixed per-layer noise maps ``noise_i`` of shape (1, 1, R, R)."""
+
+    def __init__(self, resolutions: Sequence[int]) -> None:
+        super().__init__()
+        for i, r in enumerate(resolutions):
+            self.register_buffer(f"noise_{i}", torch.randn(1, 1, r, r))
+        self.count = len(resolutions)
+
+    def as_list(self) -> list[torch.Tensor]:
+        return [getattr(self, f"noise_{i}") for i in range(self.count)]
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+def channels_at(resolution: int, *, channel_multiplier: float = 2, max_channels: int = 512) -> int:
+    """Feature channels at a resolution: 512 up to 64 px, then 256, 128, 64, 32 (config-f)."""
+    return min(max_channels, int(channel_multiplier * 16384) // resolution)
+
+
+class Generator(nn.Module):
+    """StyleGAN2 generator (mapping + synthesis) with rosinality's parameter layout.
+
+    ``Generator(size, style_dim=512, n_mlp=8, channel_multiplier=2)`` is config-f; ``max_channels``
+    narrows every layer for small models. ``n_latent = 2 log2(size) - 2`` style inputs,
+    ``num_layers = 2 log2(size) - 3`` noise inputs.
+    """
+
+    def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: float = 2,
+                 *, max_channels: int = 512, blur_taps: Sequence[float] = (1, 3, 3, 1),
+                 lr_mlp: float = 0.01) -> None:
+        super().__init__()
+        log_size = int(math.log2(size))
+        if size < 8 or 2 ** log_size != size:
+            raise ValueError(f"size must be a power of two >= 8, got {size}")
+        self.size = size
+        self.style_dim = style_dim
+        self.n_mlp = n_mlp
+        self.channel_multiplier = channel_multiplier
+        self.max_channels = max_channels
+        self.n_latent = 2 * log_size - 2
+        self.num_layers = 2 * log_size - 3
+        ch = {2 ** i: channels_at(2 ** i, channel_multiplier=channel_multiplier, max_channels=max_channels)
+              for i in range(2, log_size + 1)}
+
+        self.style = nn.Sequential(PixelNorm(), *[
+            EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activate=True) for _ in range(n_mlp)])
+        self.input = ConstantInput(ch[4])
+        self.conv1 = StyledConv(ch[4], ch[4], style_dim, blur_taps=blur_taps)
+        self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False)
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        in_ch = ch[4]
+        for i in range(3, log_size + 1):
+            out_ch = ch[2 ** i]
+            self.convs.append(StyledConv(in_ch, out_ch, style_dim, upsample=True, blur_taps=blur_taps))
+            self.convs.append(StyledConv(out_ch, out_ch, style_dim, blur_taps=blur_taps))
+            self.to_rgbs.append(ToRGB(out_ch, style_dim, blur_taps=blur_taps))
+            in_ch = out_ch
+        self.noises = NoiseBuffers([2 ** ((i + 5) // 2) for i in range(self.num_layers)])
+
+    # -- config ---------------------------------------------------------------
+    def config(self) -> dict:
+        """Constructor arguments that rebuild this architecture."""
+        return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
+                "channel_multiplier": self.channel_multiplier, "max_channels": self.max_channels}
+
+    # -- mapping --------------------------------------------------------------
+    def mapping(self, z: torch.Tensor) -> torch.Tensor:
+        """z (N, style_dim) -> w (N, style_dim): pixel norm + the MLP."""
+        return self.style(z)
+
+    @torch.no_grad()
+    def mean_latent(self, n: int = 4096, *, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Mean of ``mapping(z)`` over ``n`` draws (seedable): (1, style_dim)."""
+        ref = self.input.input
+        device = generator.device if generator is not None else ref.device
+        z = torch.randn(n, self.style_dim, generator=generator, device=device, dtype=ref.dtype)
+        z = z.to(ref.device)
+        return self.mapping(z).mean(dim=0, keepdim=True)
+
+    # -- synthesis ------------------------------------------------------------
+    def noise_list(self, noise: NoiseSpec, batch: int, *, like: torch.Tensor,
+                   generator: Optional[torch.Generator] = None) -> list[torch.Tensor]:
+        """Resolve a noise spec: None -> stored buffers, "random" -> fresh draws, or a given list."""
+        if noise is None:
+            return self.noises.as_list()
+        if isinstance(noise, str):
+            if noise != "random":
+                raise ValueError(f"noise must be None, 'random' or a list of tensors, got {noise!r}")
+            return [torch.randn(batch, 1, b.shape[-2], b.shape[-1], generator=generator,
+                                device=like.device, dtype=like.dtype)
+                    for b in self.noises.as_list()]
+        noise = list(noise)
+        if len(noise) != self.num_layers:
+            raise ValueError(f"expected {self.num_layers} noise maps, got {len(noise)}")
+        return noise
+
+    def synthesis(self, ws: torch.Tensor, noise: NoiseSpec = None, *,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """W+ codes (N, n_latent, style_dim) -> images (N, 3, size, size).
+
+        ``noise``: None uses the stored ``noises.noise_i`` buffers (deterministic); ``"random"``
+        draws fresh maps from ``generator``; a list of ``num_layers`` tensors, each (1 or N, 1, R, R),
+        is used as given (order: conv1, then convs[0], convs[1], ...).
+        """
+        if ws.dim() != 3 or ws.shape[1] != self.n_latent or ws.shape[2] != self.style_dim:
+            raise ValueError(f"ws must be (N, {self.n_latent}, {self.style_dim}), got {tuple(ws.shape)}")
+        n = ws.shape[0]
+        noises = self.noise_list(noise, n, like=ws, generator=generator)
+        x = self.input(n)
+        x = self.conv1(x, ws[:, 0], noises[0])
+        skip = self.to_rgb1(x, ws[:, 1])
+        for k, to_rgb in enumerate(self.to_rgbs):
+            x = self.convs[2 * k](x, ws[:, 2 * k + 1], noises[2 * k + 1])
+            x = self.convs[2 * k + 1](x, ws[:, 2 * k + 2], noises[2 * k + 2])
+            skip = to_rgb(x, ws[:, 2 * k + 3], skip)
+        return skip
+
+    def forward(self, styles: Sequence[torch.Tensor], *, input_is_latent: bool = False,
+                truncation: float = 1.0, truncation_latent: Optional[torch.Tensor] = None,
+                inject_index: Optional[int] = None, noise: NoiseSpec = None,
+                return_latents: bool = False,
+                generator: Optional[torch.Generator] = None):
+        """The reference's call semantics (list of z or w, truncation, style mixing).
+
+        Differences by design: noise defaults to the stored buffers (deterministic) and style mixing
+        needs an explicit ``inject_index`` (no hidden randomness). Returns ``(image, latents|None)``.
+        """
+        styles = list(styles)
+        if not input_is_latent:
+            styles = [self.mapping(s) for s in styles]
+        if truncation < 1:
+            if truncation_latent is None:
+                raise ValueError("truncation < 1 needs truncation_latent")
+            styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
+        if len(styles) == 1:
+            s = styles[0]
+            latent = s.unsqueeze(1).expand(-1, self.n_latent, -1) if s.dim() == 2 else s
+        else:
+            if inject_index is None:
+                raise ValueError("style mixing needs an explicit inject_index")
+            a = styles[0].unsqueeze(1).expand(-1, inject_index, -1)
+            b = styles[1].unsqueeze(1).expand(-1, self.n_latent - inject_index, -1)
+            latent = torch.cat([a, b], dim=1)
+        image = self.synthesis(latent, noise, generator=generator)
+        return image, (latent if return_latents else None)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
+    """Infer ``Generator`` constructor arguments from a rosinality-layout state dict."""
+    try:
+        style_dim = sd["style.1.weight"].shape[1]
+        n_mlp = sum(1 for k in sd if re.fullmatch(r"style\.\d+\.weight", k))
+        n_blocks = sum(1 for k in sd if re.fullmatch(r"to_rgbs\.\d+\.bias", k))
+        size = 2 ** (n_blocks + 2)
+        max_channels = sd["input.input"].shape[1]
+        last = sd[f"to_rgbs.{n_blocks - 1}.conv.weight"].shape[2] if n_blocks else max_channels
+    except KeyError as err:
+        raise ValueError(f"not a StyleGAN2 generator state dict (missing {err})") from None
+    channel_multiplier: float = last * size / 16384
+    if channel_multiplier == int(channel_multiplier):
+        channel_multiplier = int(channel_multiplier)
+    return {"size": size, "style_dim": style_dim, "n_mlp": n_mlp,
+            "channel_multiplier": channel_multiplier, "max_channels": max_channels}
+
+
+def generator_from_state_dict(sd: dict[str, torch.Tensor]) -> Generator:
+    """Build a generator of the right architecture and load ``sd`` strictly (float32, CPU)."""
+    g = Generator(**config_from_state_dict(sd))
+    g.load_state_dict(sd, strict=True)
+    return g.eval().requires_grad_(False)
+
+
+def load_generator(container: dict) -> tuple[Generator, Optional[torch.Tensor]]:
+    """From an official container (``{"g_ema": sd, "latent_avg": (512,) or (1,512)}``) or a bare
+    state dict, return ``(generator, latent_avg)`` with ``latent_avg`` shaped (1, style_dim) or None."""
+    if "g_ema" in container:
+        sd, latent_avg = container["g_ema"], container.get("latent_avg")
+    elif "style.1.weight" in container:
+        sd, latent_avg = container, None
+    else:
+        raise ValueError("checkpoint has no 'g_ema' generator state dict")
+    g = generator_from_state_dict(sd)
+    if latent_avg is not None:
+        latent_avg = latent_avg.reshape(1, -1).float()
+        if latent_avg.shape[1] != g.style_dim:
+            raise ValueError(f"latent_avg has {latent_avg.shape[1]} values, expected {g.style_dim}")
+    return g, latent_avg
