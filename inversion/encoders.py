@@ -43,6 +43,8 @@ __all__ = [
     "SEModule",
     "build_ir_se_body",
     "face_pool",
+    "bundled_encoder_files",
+    "load_bundled_encoder",
     "load_encoder_checkpoint",
     "n_styles_for_size",
     "preprocess",
@@ -213,6 +215,10 @@ class _StyleEncoderBase(nn.Module):
             raise ValueError("the encoders need a 4-stage body (widths and units of length 4)")
         if input_size % 16:
             raise ValueError(f"input_size must be a multiple of 16, got {input_size}")
+        self._config = {
+            "n_styles": n_styles, "input_size": input_size, "in_channels": in_channels, "widths": list(widths),
+            "units": list(units), "style_dim": style_dim, "coarse_ind": coarse_ind, "middle_ind": middle_ind,
+        }
         self.n_styles = n_styles
         self.input_size = input_size
         self.in_channels = in_channels
@@ -228,6 +234,10 @@ class _StyleEncoderBase(nn.Module):
             self.styles.append(GradualStyleBlock(top, style_dim, spatial))
         self.latlayer1 = nn.Conv2d(widths[2], top, 1)
         self.latlayer2 = nn.Conv2d(widths[1], top, 1)
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this architecture (JSON-serialisable)."""
+        return {k: list(v) if isinstance(v, list) else v for k, v in self._config.items()}
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Body features ``(c1, c2, c3)`` at 1/4, 1/8, 1/16 of the input size."""
@@ -457,3 +467,46 @@ def load_encoder_checkpoint(ckpt: dict[str, Any], kind: Literal["psp", "e4e"]) -
     encoder.eval().requires_grad_(False)
 
     return EncoderBundle(kind=kind, encoder=encoder, decoder_state_dict=dec_state, latent_avg=latent_avg, opts=opts)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Our own small encoders (config.json + model.safetensors)
+
+
+def bundled_encoder_files(bundle: EncoderBundle) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(tensors, config)`` to store an encoder we trained: ``encoder.*`` weights + ``latent_avg``, and
+    ``{"kind", "output_size", "encoder": <constructor kwargs>}``. Inverse of :func:`load_bundled_encoder`."""
+    tensors = {f"encoder.{k}": v.detach().contiguous() for k, v in bundle.encoder.state_dict().items()}
+    tensors["latent_avg"] = bundle.latent_avg.detach().float().contiguous()
+    config = {"kind": bundle.kind, "output_size": bundle.output_size, "encoder": bundle.encoder.config()}
+    return tensors, config
+
+
+def load_bundled_encoder(tensors: dict[str, torch.Tensor], config: dict[str, Any], *, kind: str) -> EncoderBundle:
+    """Build a bundle from :func:`bundled_encoder_files` output (e.g. read from safetensors + JSON), strictly."""
+    if config.get("kind", kind) != kind or kind not in _ENCODER_TYPES:
+        raise EncoderCheckpointError(f"expected a {kind} encoder, the config says {config.get('kind')!r}")
+    try:
+        kwargs = dict(config["encoder"])
+        cls = PSPEncoder if kind == "psp" else E4EEncoder
+        with torch.device("meta"):
+            encoder = cls(**kwargs)
+    except (KeyError, TypeError, ValueError) as err:
+        raise EncoderCheckpointError(f"the {kind} encoder config is not usable: {err}") from None
+    state = _strip(tensors, "encoder.")
+    expected = {k: tuple(v.shape) for k, v in encoder.state_dict().items()}
+    try:
+        check_state_dict(state, expected, f"the {kind} encoder weights")
+    except CheckpointError as err:
+        raise EncoderCheckpointError(str(err)) from None
+    encoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                            strict=True, assign=True)
+    latent_avg = tensors.get("latent_avg")
+    n, dim = encoder.n_styles, encoder.style_dim
+    if latent_avg is None or tuple(latent_avg.shape) not in ((dim,), (1, dim), (n, dim)):
+        got = None if latent_avg is None else tuple(latent_avg.shape)
+        raise EncoderCheckpointError(f"latent_avg must be ({dim},), (1, {dim}) or ({n}, {dim}), got {got}")
+    latent_avg = latent_avg.float().reshape(-1, dim).expand(n, dim).clone()
+    opts = {"output_size": int(config.get("output_size", 2 ** ((n + 2) // 2))), "input_size": encoder.input_size}
+    return EncoderBundle(kind=kind, encoder=encoder.eval().requires_grad_(False), decoder_state_dict={},
+                         latent_avg=latent_avg, opts=opts)

@@ -26,7 +26,9 @@ from inversion.encoders import (
     EncoderBundle,
     EncoderCheckpointError,
     PSPEncoder,
+    bundled_encoder_files,
     face_pool,
+    load_bundled_encoder,
     load_encoder_checkpoint,
     preprocess,
 )
@@ -219,12 +221,31 @@ def test_batch_independence_channels_last_and_float32():
     assert (cl - batched).abs().max() <= 1e-5 * scale
 
 
-def test_128px_variant_shapes():
+def test_128px_variant_shapes_and_bundled_round_trip(tmp_path):
+    from safetensors.torch import load_file, save_file
+
     model = tiny(E4EEncoder, n_styles=12, input_size=128)
+    x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(3)) * 2 - 1
     with torch.no_grad():
-        assert model(torch.zeros(2, 3, 128, 128)).shape == (2, 12, 32)
+        codes = model(x)
+    assert codes.shape == (2, 12, 32)
     with pytest.raises(ValueError):
         model(torch.zeros(2, 1, 128, 128))
+    with pytest.raises(ValueError):
+        model(torch.zeros(2, 3, 256, 256))
+
+    bundle = EncoderBundle(kind="e4e", encoder=model, decoder_state_dict={}, latent_avg=torch.randn(32),
+                           opts={"output_size": 128})
+    tensors, config = bundled_encoder_files(bundle)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    back = load_bundled_encoder(load_file(str(tmp_path / "model.safetensors")),
+                                json.loads((tmp_path / "config.json").read_text()), kind="e4e")
+    assert back.output_size == 128 and back.latent_avg.shape == (12, 32)
+    with torch.no_grad():
+        assert torch.equal(back.encode(x), codes + bundle.latent_avg)
+    with pytest.raises(EncoderCheckpointError, match="psp"):
+        load_bundled_encoder(tensors, config, kind="psp")
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
