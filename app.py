@@ -1,0 +1,503 @@
+"""Gradio app: compare StyleGAN2 inversion methods side by side, edit every result, paste back, download.
+
+UI only: the work is done by :mod:`inversion.session` (per-visitor logic) and the packages below it.
+``build_demo()`` builds the ``gr.Blocks``; nothing is downloaded or loaded at import: the weight downloader
+starts in :func:`main` (or on the first page load) and models load on first use.
+
+API (``gradio_client``): ``/align``, ``/invert``, ``/edit``, ``/paste_back``, ``/export``, ``/status``.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import gradio as gr
+import pandas as pd
+
+from editing import EditError, get_edit
+from inversion import session as S
+from inversion.align import AlignmentError, PredictorNotFoundError
+from inversion.checkpoints import BackgroundDownloader, CheckpointError, CheckpointMissingError
+from inversion.device import default_device
+from inversion.methods import METHODS, PRESETS
+from inversion.models import ModelSet
+from inversion.result import Cancelled
+
+try:  # Hugging Face ZeroGPU; optional
+    import spaces  # type: ignore
+except ImportError:  # pragma: no cover - depends on the host
+    spaces = None
+
+log = logging.getLogger("stylegan2_app")
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLES = [str(ROOT / "examples" / "grace_hopper.jpg"), str(ROOT / "examples" / "astronaut.png")]
+MAX_FILE_SIZE = "25mb"
+STATE_TTL_S = 3600
+DOWNLOAD_ORDER = ("dlib_landmarks", "stylegan2_ffhq", "vgg16", "e4e_ffhq", "irse50", "psp_ffhq")
+PLAIN_ERRORS = (AlignmentError, S.SessionError, EditError, CheckpointError, PredictorNotFoundError)
+OOPS = "Something went wrong on the server (details in the server log). Please try again."
+
+INTRO = """
+# StyleGAN2 face inversion — compare the methods
+
+**1 Photo** → the face is found and aligned like FFHQ. **2 Invert** → each ticked method looks for the StyleGAN2
+code that redraws that face; the results appear side by side with their scores. **3 Edit & download** → every
+result is edited the same way (methods are compared on editing too), pasted back into your photo, and can be downloaded.
+"""
+
+METHODS_HELP = """
+| method | how | CPU (FFHQ 1024) | GPU |
+|---|---|---|---|
+| **e4e** | one encoder pass; codes kept close to W | a few s | < 1 s |
+| **pSp** | one encoder pass straight into W+ | a few s | < 1 s |
+| **W optimization** | optimizes one code for all layers (MSE + LPIPS) | minutes | ~10-30 s |
+| **W+ optimization** | optimizes a code per layer | minutes | ~10-30 s |
+| **PTI** | pivot code, then fine-tunes a private copy of the generator | many minutes | ~30-90 s |
+
+Rough estimates; the *fast* preset takes about a third of *balanced*. The built-in 128 px model is far quicker.
+
+**Distortion vs editability.** The more freedom a method has (W+ codes, a tuned generator), the closer it redraws
+the photo (low MSE / LPIPS, high identity similarity) — but codes far from what the generator saw in training edit
+less reliably. *Code spread* (how much the per-layer codes differ; 0 = a single W code) is the editability proxy
+plotted against distortion below.
+"""
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def _plain_errors(fn: Callable) -> Callable:
+    """Domain errors -> gr.Error(message); anything unexpected -> a generic gr.Error, logged with traceback."""
+    def translate(err: BaseException) -> BaseException:
+        if isinstance(err, gr.Error):
+            return err
+        if isinstance(err, PLAIN_ERRORS):
+            return gr.Error(str(err), print_exception=False)
+        log.exception("unexpected error in %s", fn.__name__)
+        return gr.Error(OOPS, print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args: Any, **kwargs: Any):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - mapped to a visitor message
+                raise translate(err) from None
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - mapped to a visitor message
+            raise translate(err) from None
+    return wrapper
+
+
+def _on_gpu(fn: Callable, duration: int) -> Callable:
+    """``spaces.GPU(duration=...)`` on Hugging Face ZeroGPU, the function itself elsewhere."""
+    return spaces.GPU(duration=duration)(fn) if spaces is not None else fn
+
+
+def _state(state: Optional[S.VisitorState]) -> S.VisitorState:
+    return state if state is not None else S.new_state()
+
+
+def _upload_path(payload: Any) -> Optional[str]:
+    """The server-side path of an uploaded image (the event runs with preprocess=False)."""
+    if payload is None:
+        return None
+    if isinstance(payload, dict):
+        return payload.get("path")
+    if isinstance(payload, (str, os.PathLike)):
+        return str(payload)
+    return getattr(payload, "path", None)
+
+
+def _metrics_frame(state: S.VisitorState) -> pd.DataFrame:
+    return pd.DataFrame(S.metrics_rows(state.results), columns=list(S.METRIC_COLUMNS), dtype=object)
+
+
+def _plot(state: S.VisitorState) -> pd.DataFrame:
+    _, points = S.tradeoff_points(state.results)
+    frame = pd.DataFrame(points, columns=["method", "distortion", "code_spread"])
+    return frame.astype({"method": str, "distortion": float, "code_spread": float})
+
+
+def _result_gallery(state: S.VisitorState) -> list[tuple[Any, str]]:
+    if state.aligned is None or not state.results:
+        return []
+    size = next(iter(state.results.values())).inversion.image.shape[-1]
+    items = [(S.to_pil(S.model_input(state, size)), f"aligned input ({size} px)")]
+    for r in state.results.values():
+        lp = r.metrics.get("lpips")
+        score = f"LPIPS {lp:.3f}" if lp is not None else f"MSE {r.metrics['mse']:.3f}"
+        items.append((r.reconstruction, f"{r.label} · {score}"))
+    return items
+
+
+def _padded(values: list[float], *, floor: Optional[float] = None) -> Optional[list[float]]:
+    if not values:
+        return None
+    lo, hi = min(values), max(values)
+    pad = max(0.15 * (hi - lo), 0.05 * max(abs(lo), abs(hi)), 1e-4)
+    return [max(lo - pad, floor) if floor is not None else lo - pad, hi + pad]
+
+
+def _plot_update(state: S.VisitorState) -> gr.ScatterPlot:
+    """The trade-off plot with padded limits (points at the very edge are hard to see) and its axis name."""
+    name, points = S.tradeoff_points(state.results)
+    return gr.ScatterPlot(value=_plot(state), x_lim=_padded([p["distortion"] for p in points], floor=0.0),
+                          y_lim=_padded([p["code_spread"] for p in points], floor=0.0),
+                          x_title=f"distortion ({name}) — lower is closer")
+
+
+def _strip_gallery(state: S.VisitorState) -> list[tuple[Any, str]]:
+    if state.edit is None:
+        return []
+    return [(image, f"{METHODS[method].label} · {offset:+g}")
+            for method, strip in state.edit.strips.items() for offset, image in zip(strip.offsets, strip.images)]
+
+
+def _method_dropdown(state: Optional[S.VisitorState]) -> gr.Dropdown:
+    done = list(state.results) if state is not None else []
+    return gr.Dropdown(choices=[(METHODS[m].label, m) for m in done], value=done[0] if done else None)
+
+
+# ------------------------------------------------------------------------------------------ the Blocks
+
+def default_model_sets(device: Any, locate: Callable[[str], Path]) -> dict[str, ModelSet]:
+    """FFHQ 1024 (Hub weights) and the built-in 128 px set, both lazily loaded."""
+    return {name: ModelSet(name, device=device, locate=locate) for name in ("ffhq", "builtin")}
+
+
+def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
+               downloader: Optional[BackgroundDownloader] = None) -> gr.Blocks:
+    """Build the app. ``model_sets`` (family key -> ModelSet, first = preferred) default to FFHQ + built-in, with
+    a :class:`BackgroundDownloader` for their files (started on the first page load or by :func:`main`); when
+    ``model_sets`` are given, ``downloader`` is used only if passed (tests inject tiny in-memory sets)."""
+    if model_sets is None:
+        downloader = downloader or BackgroundDownloader(list(DOWNLOAD_ORDER))
+
+        def locate(name: str) -> Path:
+            path = downloader.path(name)
+            if path is None:
+                raise CheckpointMissingError(f"The weight file {name} is not downloaded yet (see the status panel).")
+            return path
+
+        model_sets = default_model_sets(default_device(), locate)
+    model_sets = dict(model_sets)
+
+    def statuses() -> Optional[dict]:
+        return downloader.status() if downloader is not None else None
+
+    def present() -> S.FilePresent:
+        return S.file_present_from(statuses())
+
+    def models_for(family: Optional[str]) -> ModelSet:
+        if family not in model_sets:
+            raise S.SessionError(f"Unknown model family {family!r}; choose one of {', '.join(model_sets)}.")
+        return model_sets[family]
+
+    first_family = S.default_family(model_sets, present())
+    on_cpu = next(iter(model_sets.values())).device.type == "cpu"
+
+    def method_labels(family: str) -> list[tuple[str, str]]:
+        status = S.method_status(models_for(family), present())
+        return [(METHODS[m].label + ("" if status[m][0] else " (not ready)"), m) for m in S.METHOD_ORDER]
+
+    # ---------------------------------------------------------------- handlers
+    # API-named handlers return plain values; layout changes (visibility, choices, columns) come from the
+    # private follow-up handlers chained with .then(), so gradio_client users get data, not UI updates.
+    def _aligned(state: S.VisitorState):
+        for note in state.aligned.warnings:
+            gr.Warning(note)
+        notes = S.photo_notes(state)
+        info = ("\n".join(f"- {n}" for n in notes) if notes
+                else "Face aligned. Now pick methods and press **Run** (step 2).")
+        faces = [(t, f"face {i + 1}") for i, t in enumerate(S.face_thumbnails(state.photo))]
+        return state, state.aligned.image, faces, info
+
+    @_plain_errors
+    def align(photo: Any, face_index: float, state: Optional[S.VisitorState]):
+        path = _upload_path(photo)
+        if not path:
+            raise S.SessionError("Upload a photo first (or pick an example).")
+        return _aligned(S.align_photo(_state(state), S.open_photo(path), int(face_index or 0)))
+
+    @_plain_errors
+    def pick_face(state: Optional[S.VisitorState], evt: gr.SelectData):
+        state = _state(state)
+        if state.photo is None:
+            raise S.SessionError("Upload a photo first (or pick an example).")
+        return _aligned(S.align_photo(state, state.photo, int(evt.index)))
+
+    def after_align(state: Optional[S.VisitorState]):
+        n_faces = len(state.photo.faces) if state is not None and state.photo is not None else 0
+        empty = S.new_state()
+        return (gr.Gallery(visible=n_faces > 1), [], _metrics_frame(empty), _plot(empty), [], None, None,
+                _method_dropdown(None))
+
+    def _invert(family: str, methods: list[str], preset_w: str, preset_wplus: str, preset_pti: str, seed: float,
+                state: Optional[S.VisitorState], progress: gr.Progress = gr.Progress()):
+        state = _state(state)
+        models = models_for(family)
+        if state.aligned is None:
+            raise S.SessionError("Align a photo first (step 1).")
+        if not methods:
+            raise S.SessionError("Tick at least one method.")
+        cancel = threading.Event()
+        state = replace(state, seed=int(seed or 0))
+        image = S.model_input(state, models.family.size)
+
+        def outputs(message: str):
+            return state, cancel, _result_gallery(state), _metrics_frame(state), _plot(state), message
+
+        def on_progress(method: str, step: int, total: int, metrics: Mapping[str, float]) -> None:
+            loss = metrics.get("loss")
+            extra = f" · loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
+            progress((step, total), desc=f"{METHODS[method].label}: step {step}/{total}{extra}")
+
+        presets = {"w": preset_w, "w+": preset_wplus, "pti": preset_pti}
+        yield outputs("Running " + ", ".join(METHODS[m].label for m in S.order_methods(methods)) + " …")
+        skipped = []
+        try:
+            for item in S.run_inversions(models, image, methods, presets=presets, seed=state.seed,
+                                         on_progress=on_progress, cancel=cancel, file_present=present()):
+                if isinstance(item, S.Skipped):
+                    skipped.append(item.reason)
+                    gr.Warning(item.reason)
+                    continue
+                state = S.add_result(state, item)
+                yield outputs(f"{item.label} done in {item.inversion.seconds:.1f} s.")
+        except Cancelled:
+            gr.Warning("Stopped. The methods that had finished are kept.")
+        ran = [r.label for r in state.results.values()]
+        message = f"Done: {', '.join(ran)}." if ran else "Nothing ran."
+        if skipped:
+            message += " Skipped: " + " ".join(skipped)
+        yield outputs(message)
+
+    invert = _plain_errors(_on_gpu(_invert, duration=240))
+
+    def after_invert(state: Optional[S.VisitorState]):
+        if state is None or not state.results:
+            return gr.skip(), _method_dropdown(state), gr.skip()
+        choices = S.edit_choices(models_for(state.family))
+        return gr.Dropdown(choices=choices, value=choices[0][1]), _method_dropdown(state), _plot_update(state)
+
+    def stop(cancel: Optional[threading.Event]) -> None:
+        if cancel is not None:
+            cancel.set()
+
+    def _edit(name: str, strength: float, component: float, steps: float, state: Optional[S.VisitorState]):
+        state = _state(state)
+        if not state.results:
+            raise S.SessionError("Invert the photo first (step 2).")
+        state = S.edit_results(models_for(state.family), state, name, float(strength),
+                               component=int(component or 0), steps=int(steps))
+        return state, _strip_gallery(state)
+
+    edit = _plain_errors(_on_gpu(_edit, duration=60))
+
+    def after_edit(state: Optional[S.VisitorState]):
+        if state is None or state.edit is None or not state.edit.strips:
+            return gr.skip()
+        return gr.Gallery(columns=len(next(iter(state.edit.strips.values())).offsets))
+
+    @_plain_errors
+    def paste_back(method: Optional[str], state: Optional[S.VisitorState]):
+        state = S.paste_result(_state(state), method or None)
+        return state, state.pasted
+
+    @_plain_errors
+    def export(state: Optional[S.VisitorState]):
+        root = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio") / "stylegan2-exports"
+        root.mkdir(parents=True, exist_ok=True)
+        S.sweep_old(root, max_age_s=STATE_TTL_S)
+        files = S.export_files(_state(state), Path(tempfile.mkdtemp(prefix="export-", dir=root)))
+        return [str(f) for f in files[:-1]], str(files[-1])
+
+    def downloading() -> bool:
+        return downloader is not None and not downloader.wait(0)
+
+    @_plain_errors
+    def refresh_status(family: Optional[str], shown: Optional[list] = None):
+        family = family if family in model_sets else first_family
+        text = S.status_markdown(models_for(family), present(), statuses())
+        banner = S.family_banner(model_sets, family, present(), statuses())
+        labels = method_labels(family)
+        methods_update = gr.skip() if shown == labels else gr.CheckboxGroup(choices=labels)
+        return text, banner, methods_update, labels, gr.Timer(active=downloading())
+
+    def status(family: str = first_family) -> dict:
+        """Model family status: methods that can run now, why the others cannot, and each weight file's state."""
+        family = family if family in model_sets else first_family
+        models = models_for(family)
+        files = {name: {"state": st.state, "message": st.message, "bytes_done": st.bytes_done,
+                        "bytes_total": st.bytes_total} for name, st in (statuses() or {}).items()}
+        ready = S.method_status(models, present())
+        return {"family": family, "families": list(model_sets),
+                "default_family": S.default_family(model_sets, present()),
+                "methods": {m: {"ready": ok, "reason": why} for m, (ok, why) in ready.items()},
+                "files": files, "text": S.status_markdown(models, present(), statuses()),
+                "banner": S.family_banner(model_sets, family, present(), statuses())}
+
+    @_plain_errors
+    def on_load():
+        if downloader is not None:
+            downloader.start()
+        family = S.default_family(model_sets, present())
+        return (gr.Radio(value=family), *refresh_status(family))
+
+    @_plain_errors
+    def on_edit_choice(name: Optional[str], state: Optional[S.VisitorState]):
+        state = _state(state)
+        if not name:
+            return gr.Slider(), gr.Slider(visible=False), ""
+        models = models_for(state.family or first_family)
+        ctl = S.edit_control(name, models)
+        strength = gr.Slider(minimum=ctl.minimum, maximum=ctl.maximum, value=ctl.default,
+                             label=f"{ctl.label}: strength (0 = unchanged)")
+        component = gr.Slider(maximum=ctl.component_max or 0, visible=ctl.component_max is not None)
+        return strength, component, ctl.help
+
+    # ---------------------------------------------------------------- layout
+    with gr.Blocks(analytics_enabled=False, title="StyleGAN2 face inversion", delete_cache=(3600, 3600)) as demo:
+        state = gr.State(None, time_to_live=STATE_TTL_S)
+        cancel_state = gr.State(None, time_to_live=STATE_TTL_S)
+        shown_labels = gr.State(None)
+        gr.Markdown(INTRO)
+        banner = gr.Markdown(S.family_banner(model_sets, first_family, present(), statuses()), elem_id="banner")
+        with gr.Accordion("Model files and status", open=False):
+            status_md = gr.Markdown(S.status_markdown(models_for(first_family), present(), statuses()),
+                                    elem_id="status")
+        timer = gr.Timer(3.0, active=downloader is not None)
+
+        gr.Markdown("## 1 · Photo")
+        with gr.Row():
+            with gr.Column(scale=1):
+                photo = gr.Image(label="Your photo (upload, webcam or paste)", type="filepath", image_mode=None,
+                                 sources=["upload", "webcam", "clipboard"],
+                                 webcam_options=gr.WebcamOptions(mirror=True), height=360, elem_id="photo")
+                gr.Examples(EXAMPLES, inputs=[photo], label="Examples (public domain)")
+                face_index = gr.Number(0, precision=0, visible=False, label="face index (0 = best)")
+                align_btn = gr.Button("Find and align the face", variant="primary", elem_id="align-btn")
+            with gr.Column(scale=1):
+                aligned = gr.Image(label="Aligned face (FFHQ frame)", type="pil", interactive=False, height=360,
+                                   format="png", elem_id="aligned")
+                faces = gr.Gallery(label="Several faces found — click the one to use", columns=6, height=140,
+                                   visible=False, allow_preview=False, elem_id="faces")
+                photo_info = gr.Markdown()
+
+        gr.Markdown("## 2 · Invert")
+        with gr.Row():
+            with gr.Column(scale=1):
+                family = gr.Radio([(m.family.label, k) for k, m in model_sets.items()], value=first_family,
+                                  label="Model", elem_id="family")
+                methods = gr.CheckboxGroup(method_labels(first_family), value=["e4e", "psp"],
+                                           label="Methods (fast ones run first)", elem_id="methods")
+                with gr.Accordion("Presets and seed", open=False):
+                    default_preset = "fast" if on_cpu else "balanced"
+                    preset_w = gr.Radio(list(PRESETS), value=default_preset, label="W optimization preset")
+                    preset_wplus = gr.Radio(list(PRESETS), value=default_preset, label="W+ optimization preset")
+                    preset_pti = gr.Radio(list(PRESETS), value=default_preset, label="PTI preset")
+                    seed = gr.Number(0, precision=0, label="Seed")
+                with gr.Row():
+                    run_btn = gr.Button("Run", variant="primary", elem_id="run-btn")
+                    stop_btn = gr.Button("Stop", variant="stop")
+                run_info = gr.Markdown(elem_id="run-info")
+            with gr.Column(scale=2):
+                results = gr.Gallery(label="Aligned input and reconstructions", columns=6, height=300,
+                                     format="png", allow_preview=True, elem_id="results")
+                table = gr.Dataframe(headers=list(S.METRIC_COLUMNS),
+                                     label=f"Scores per method (MSE/LPIPS: lower is closer; ID similarity: cosine of "
+                                           f"{S.IDENTITY_MODEL} "
+                                     "embeddings, FFHQ only; code spread: editability proxy, lower edits better)",
+                                     interactive=False,
+                                     elem_id="metrics")
+                plot = gr.ScatterPlot(_plot(S.new_state()), x="distortion", y="code_spread", color="method",
+                                      title="Distortion vs editability",
+                                      x_title="distortion (LPIPS; MSE when LPIPS is missing) — lower is closer",
+                                      y_title="code spread — lower edits better", height=260, elem_id="tradeoff")
+        with gr.Accordion("What the methods do, and expected run times", open=False):
+            gr.Markdown(METHODS_HELP)
+
+        gr.Markdown("## 3 · Edit & download")
+        with gr.Row():
+            with gr.Column(scale=1):
+                first_edits = S.edit_choices(models_for(first_family))
+                first_spec = get_edit(first_edits[0][1])
+                edit_name = gr.Dropdown(first_edits, value=first_spec.name, label="Edit", allow_custom_value=True,
+                                        elem_id="edit-name")
+                edit_help = gr.Markdown()
+                strength = gr.Slider(*first_spec.strength_range, value=first_spec.default_strength, step=0.5,
+                                     label=f"{first_spec.label}: strength (0 = unchanged)")
+                component = gr.Slider(0, 79, value=0, step=1, label="Component (0 changes the most)",
+                                      visible=first_spec.is_explorer)
+                steps = gr.Slider(1, 9, value=3 if on_cpu else 5, step=1, label="Images per strip")
+                edit_btn = gr.Button("Apply to every result", variant="primary", elem_id="edit-btn")
+            with gr.Column(scale=2):
+                strips = gr.Gallery(label="Edit strips (one row per method)", columns=3, format="png",
+                                    elem_id="strips")
+        with gr.Row():
+            with gr.Column(scale=1):
+                paste_method = gr.Dropdown([], label="Paste which result back into the photo", allow_custom_value=True,
+                                           elem_id="paste-method")
+                paste_btn = gr.Button("Paste back", elem_id="paste-btn")
+                export_btn = gr.Button("Prepare downloads", elem_id="export-btn")
+                download = gr.DownloadButton("Download all (zip)", elem_id="download")
+                files = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="files")
+            with gr.Column(scale=2):
+                pasted = gr.Image(label="Edited face pasted back", type="pil", interactive=False, format="png",
+                                  elem_id="pasted")
+
+        # ------------------------------------------------------------ events
+        private = dict(api_visibility="private", queue=False)
+        cleared = [faces, results, table, plot, strips, pasted, files, paste_method]
+        align_btn.click(align, [photo, face_index, state], [state, aligned, faces, photo_info], api_name="align",
+                        concurrency_id="cpu-heavy", concurrency_limit=2, preprocess=False
+                        ).success(after_align, [state], cleared, **private)
+        faces.select(pick_face, [state], [state, aligned, faces, photo_info], api_visibility="private",
+                     concurrency_id="cpu-heavy").success(after_align, [state], cleared, **private)
+        run_btn.click(invert, [family, methods, preset_w, preset_wplus, preset_pti, seed, state],
+                      [state, cancel_state, results, table, plot, run_info], api_name="invert",
+                      concurrency_id="gpu", concurrency_limit=1
+                      ).then(after_invert, [state], [edit_name, paste_method, plot], **private)
+        stop_btn.click(stop, [cancel_state], None, **private)
+        edit_name.change(on_edit_choice, [edit_name, state], [strength, component, edit_help], **private)
+        edit_btn.click(edit, [edit_name, strength, component, steps, state], [state, strips], api_name="edit",
+                       concurrency_id="gpu").success(after_edit, [state], [strips], **private)
+        paste_btn.click(paste_back, [paste_method, state], [state, pasted], api_name="paste_back")
+        export_btn.click(export, [state], [files, download], api_name="export")
+        status_outputs = [status_md, banner, methods, shown_labels, timer]
+        timer.tick(refresh_status, [family, shown_labels], status_outputs, **private)
+        family.change(refresh_status, [family, shown_labels], status_outputs, **private)
+        demo.load(on_load, None, [family, *status_outputs], api_visibility="private")
+        gr.api(status, api_name="status", queue=False)
+
+    demo.queue(default_concurrency_limit=2, max_size=64)
+    demo.weights_downloader = downloader  # type: ignore[attr-defined]  # started by main()
+    return demo
+
+
+def main() -> None:
+    """Start the weight downloads and serve the app (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, default :7860)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if demo.weights_downloader is not None:
+        demo.weights_downloader.start()
+    demo.launch(max_file_size=MAX_FILE_SIZE)
+
+
+demo = build_demo()
+"""Built at import (no downloads, no model loading) so `gradio app.py` and Spaces find it."""
+
+if __name__ == "__main__":
+    main()
