@@ -627,7 +627,7 @@ def status_markdown(models: ModelSet, file_present: FilePresent,
         lines.append("Metrics not available yet: " + ", ".join(extras) + " (shown as empty).")
     names = [n for piece in _PIECE_LABEL for n in _piece_files(models, piece) if n in (statuses or {})]
     if names:
-        lines.append("Files: " + " · ".join(_file_line(statuses[n]) for n in dict.fromkeys(names)) + ".")
+        lines.append("Files:\n" + "\n".join(f"- {_file_line(statuses[n])}" for n in dict.fromkeys(names)))
     return "\n\n".join(lines)
 
 
@@ -637,13 +637,17 @@ def family_banner(model_sets: Mapping[str, ModelSet], chosen: str, file_present:
     ffhq = model_sets.get("ffhq")
     if ffhq is None or piece_present(ffhq, "generator", file_present):
         return ""
-    names = [n for n in ffhq.family.generator_files if n in (statuses or {})]
-    why = "downloading" if any((statuses or {})[n].state == "downloading" for n in names) else "not available"
+    states = {(statuses or {})[n].state for n in ffhq.family.generator_files if n in (statuses or {})}
+    if states & {"downloading", "missing"}:  # "missing": queued in the downloader
+        why, then = "still downloading", "meanwhile"
+    elif states and states <= {"failed"}:
+        why, then = "not available (the download failed; see *Model files and status*)", "instead"
+    else:
+        why, then = "not available yet", "meanwhile"
     others = [m for k, m in model_sets.items() if k != "ffhq" and piece_present(m, "generator", file_present)]
     if others:
-        return (f"The FFHQ 1024 weights are {why} yet, so the app works on **{others[0].family.label}** meanwhile "
-                "(small, lower-quality faces).")
-    return f"The FFHQ 1024 weights are {why} yet and no other model is present: inversion waits for the download."
+        return f"The FFHQ 1024 weights are {why}, so the app works on **{others[0].family.label}** {then}."
+    return f"The FFHQ 1024 weights are {why}, and no other model is present: inversion cannot run yet."
 
 
 __all__ = [

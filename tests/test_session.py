@@ -233,6 +233,9 @@ def test_family_choice_status_and_banner(models):
     assert S.default_family(sets, present) == "tiny"
     banner = S.family_banner(sets, "tiny", present, downloading)
     assert "downloading" in banner and "Tiny test model" in banner
+    failed = {"stylegan2_ffhq": FileStatus("stylegan2_ffhq", "failed", "offline mode is on")}
+    assert "download failed" in S.family_banner({"ffhq": ffhq}, "ffhq", NOTHING, failed)
+    assert "offline mode is on" in S.status_markdown(ffhq, NOTHING, failed)
     text = S.status_markdown(ffhq, present, downloading)
     assert "methods ready: none yet" in text and "downloading 50%" in text
     ready = {"stylegan2_ffhq": FileStatus("stylegan2_ffhq", "present", "", Path("x"), 1, 1)}
