@@ -289,9 +289,9 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
 
     def after_invert(state: Optional[S.VisitorState]):
         if state is None or not state.results:
-            return gr.skip(), _method_dropdown(state), gr.skip()
+            return gr.skip(), _method_dropdown(state)
         choices = S.edit_choices(models_for(state.family))
-        return gr.Dropdown(choices=choices, value=choices[0][1]), _method_dropdown(state), _plot_update(state)
+        return gr.Dropdown(choices=choices, value=choices[0][1]), _method_dropdown(state)
 
     def stop(cancel: Optional[threading.Event]) -> None:
         if cancel is not None:
@@ -469,8 +469,9 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                      concurrency_id="cpu-heavy").success(after_align, [state], cleared, **private)
         run_btn.click(invert, [family, methods, preset_w, preset_wplus, preset_pti, seed, state],
                       [state, cancel_state, results, table, plot, run_info], api_name="invert",
-                      concurrency_id="gpu", concurrency_limit=1
-                      ).then(after_invert, [state], [edit_name, paste_method, plot], **private)
+                      concurrency_id="gpu", concurrency_limit=1, show_progress_on=[run_info]
+                      ).then(after_invert, [state], [edit_name, paste_method], **private)
+        table.change(lambda st: _plot_update(_state(st)), [state], [plot], **private)  # limits follow the points
         stop_btn.click(stop, [cancel_state], None, **private)
         edit_name.change(on_edit_choice, [edit_name, state], [strength, component, edit_help], **private)
         edit_btn.click(edit, [edit_name, strength, component, steps, state], [state, strips], api_name="edit",
