@@ -31,9 +31,9 @@ from PIL import Image
 from editing import EditError, EditRequest, coordinate, get_edit, list_edits, load_pca, render_edits
 from editing.directions import data_file
 from inversion import align as alignment
-from inversion.checkpoints import REGISTRY, CheckpointMissingError, FileStatus
+from inversion.checkpoints import REGISTRY, CheckpointError, CheckpointMissingError, FileStatus
 from inversion.methods import METHODS, available, evaluate, invert
-from inversion.models import DATA as BUNDLED_DIR
+from inversion import models as model_files
 from inversion.models import ModelSet
 from inversion.result import Cancelled, Inversion
 
@@ -229,7 +229,7 @@ def file_present_from(statuses: Optional[Mapping[str, FileStatus]]) -> FilePrese
         if name in REGISTRY:
             st = (statuses or {}).get(name)
             return st is not None and st.state == "present"
-        return (BUNDLED_DIR / f"{name}.safetensors").is_file()
+        return (model_files.DATA / f"{name}.safetensors").is_file()
     return present
 
 
@@ -395,8 +395,7 @@ def edit_control(name: str, models: ModelSet) -> EditControl:
     lo, hi = spec.strength_range
     comp_max = None
     if spec.is_explorer:
-        dim = models.generator().style_dim if spec.kind == "sefa" else None
-        comp_max = (dim - 1) if dim is not None else _ganspace_components(models) - 1
+        comp_max = (_style_dim(models) if spec.kind == "sefa" else _ganspace_components(models)) - 1
     if spec.kind == "interfacegan":
         help_text = "InterFaceGAN direction (linear boundary in W); positive = more."
     elif spec.kind == "sefa":
@@ -409,10 +408,16 @@ def edit_control(name: str, models: ModelSet) -> EditControl:
                        component_max=comp_max, help=help_text)
 
 
+def _style_dim(models: ModelSet) -> int:
+    """The generator's style size; 512 (the StyleGAN2 default) while its weights are not there yet."""
+    try:
+        return int(models.generator().style_dim)
+    except CheckpointError:
+        return 512
+
+
 def _ganspace_components(models: ModelSet) -> int:
-    if models.family.edit_kind == "ffhq":
-        return 80
-    return min(80, models.generator().style_dim)
+    return 80 if models.family.edit_kind == "ffhq" else min(80, _style_dim(models))
 
 
 def strip_offsets(offset: float, steps: int) -> tuple[float, ...]:

@@ -20,7 +20,7 @@ from editing import EditRequest, edit_codes, load_pca
 from editing.directions import data_file
 from inversion import session as S
 from inversion.align import FaceTooSmallError, InvalidImageError, NoFaceError
-from inversion.checkpoints import FileStatus
+from inversion.checkpoints import CheckpointMissingError, FileStatus
 from inversion.models import ModelSet
 from inversion.result import Cancelled
 from tiny_models import N_LATENT, SIZE, STYLE_DIM, TinyModelSet, tiny_model_set
@@ -29,6 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 HOPPER = ROOT / "examples" / "grace_hopper.jpg"
 ASTRONAUT = ROOT / "examples" / "astronaut.png"
 NOTHING = S.file_present_from({})
+
+
+class _NoGenerator(TinyModelSet):
+    """A tiny set whose generator weights are "not downloaded yet"."""
+
+    def generator(self):
+        raise CheckpointMissingError("not downloaded yet")
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +168,8 @@ def test_edit_controls(models):
     assert [name for _, name in S.edit_choices(models)] == ["ganspace", "sefa"]
     sefa = S.edit_control("sefa", models)
     assert (sefa.minimum, sefa.maximum, sefa.component_max) == (-15.0, 15.0, STYLE_DIM - 1)
+    assert S.edit_control("sefa", _NoGenerator()).component_max == 511  # weights not there yet
+    assert S.edit_control("eye_openness", models).component_max is None
     assert S.strip_offsets(3.0, 5) == (-3.0, -1.5, 0.0, 1.5, 3.0)
     assert S.strip_offsets(0.0, 5) == (0.0,)
     with pytest.raises(S.SessionError):
@@ -246,3 +255,40 @@ def test_family_choice_status_and_banner(models):
     # the built-in 128 px set is preferred over a missing FFHQ generator once its files exist
     builtin = ModelSet("builtin")
     assert S.default_family({"ffhq": ffhq, "builtin": builtin}, lambda name: name == "builtin_g128") == "builtin"
+
+
+def test_builtin_family_loads_from_bundled_files(tmp_path, monkeypatch, hopper):
+    """Built-in files present, FFHQ missing: the built-in set is the default and inverts (tiny stand-in files)."""
+    import inversion.models as model_files
+    from safetensors.torch import save_file
+
+    from inversion.encoders import E4EEncoder, EncoderBundle, PSPEncoder, bundled_encoder_files
+    from inversion.stylegan2 import Generator
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        g = Generator(128, style_dim=32, n_mlp=2, channel_multiplier=1, max_channels=16)
+        avg = g.mean_latent(500, generator=torch.Generator().manual_seed(0))
+        save_file({**g.state_dict(), "latent_avg": avg.reshape(-1)}, str(tmp_path / "builtin_g128.safetensors"))
+        for kind, cls in (("psp", PSPEncoder), ("e4e", E4EEncoder)):
+            enc = cls(n_styles=g.n_latent, input_size=64, widths=(8, 8, 8, 8), units=(1, 1, 1, 1), style_dim=32)
+            bundle = EncoderBundle(kind, enc, {}, avg.expand(g.n_latent, 32).clone(), {"output_size": 128})
+            tensors, config = bundled_encoder_files(bundle)
+            save_file(tensors, str(tmp_path / f"builtin_{kind}128.safetensors"))
+            (tmp_path / f"builtin_{kind}128.json").write_text(json.dumps(config))
+    monkeypatch.setattr(model_files, "DATA", tmp_path)
+
+    def nothing(name: str):
+        raise CheckpointMissingError(f"{name} is not here")
+
+    sets = {"ffhq": ModelSet("ffhq", locate=nothing), "builtin": ModelSet("builtin", locate=nothing)}
+    assert S.default_family(sets, NOTHING) == "builtin"
+    assert "Built-in small faces 128" in S.family_banner(sets, "builtin", NOTHING, {})
+    builtin = sets["builtin"]
+    assert all(ok for ok, _ in S.method_status(builtin, NOTHING).values())
+    state = S.align_photo(S.new_state(), hopper, 0)
+    items = list(S.run_inversions(builtin, S.model_input(state, builtin.family.size), ["e4e", "psp"],
+                                  file_present=NOTHING))
+    assert [type(i) for i in items] == [S.MethodResult, S.MethodResult]
+    assert items[0].inversion.image.shape == (1, 3, 128, 128) and items[0].metrics["lpips"] is None
+    assert [name for _, name in S.edit_choices(builtin)] == ["ganspace", "sefa"]
