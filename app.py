@@ -54,15 +54,16 @@ result is edited the same way (methods are compared on editing too), pasted back
 """
 
 METHODS_HELP = """
-| method | how | CPU (FFHQ 1024) | GPU |
+| method | how | 2-core CPU, FFHQ 1024 | GPU, FFHQ 1024 (estimate) |
 |---|---|---|---|
-| **e4e** | one encoder pass; codes kept close to W | a few s | < 1 s |
-| **pSp** | one encoder pass straight into W+ | a few s | < 1 s |
-| **W optimization** | optimizes one code for all layers (MSE + LPIPS) | minutes | ~10-30 s |
-| **W+ optimization** | optimizes a code per layer | minutes | ~10-30 s |
-| **PTI** | pivot code, then fine-tunes a private copy of the generator | many minutes | ~30-90 s |
+| **e4e** | one encoder pass; codes kept close to W | ~15 s | < 1 s |
+| **pSp** | one encoder pass straight into W+ | ~15 s | < 1 s |
+| **W optimization** | optimizes one code for all layers (MSE + LPIPS) | ~50 min (*fast*, 150 steps) | ~10-30 s |
+| **W+ optimization** | optimizes a code per layer | ~50 min (*fast*) | ~10-30 s |
+| **PTI** | pivot code, then fine-tunes a private copy of the generator | hours | ~1-2 min |
 
-Rough estimates; the *fast* preset takes about a third of *balanced*. The built-in 128 px model is far quicker.
+On a 2-core CPU one 1024 px image takes ~11 s to draw and one optimization step ~20 s (measured), so on CPU use the
+encoders, or the built-in 128 px model, which is far quicker. *balanced* runs ~2.7x and *quality* ~7x the steps of *fast*.
 
 **Distortion vs editability.** The more freedom a method has (W+ codes, a tuned generator), the closer it redraws
 the photo (low MSE / LPIPS, high identity similarity) — but codes far from what the generator saw in training edit
