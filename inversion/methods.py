@@ -100,16 +100,18 @@ def invert(models: ModelSet, method: str, image: torch.Tensor, *, preset: str = 
         from inversion.pti import pivotal_tuning
 
         lpips = _try(models.lpips)
+        autocast = models.device.type == "cuda"  # bf16 forward on GPU; codes and Adam stay float32
         if method in ("w", "w+"):
             result = optimize_latent(g, image, space=method, preset=preset, lpips=lpips, seed=seed,
-                                     init=models.latent_avg(), callback=callback, cancel=cancel)
+                                     init=models.latent_avg(), callback=callback, cancel=cancel,
+                                     autocast=autocast)
         else:
             pivot = None
             use_e4e = pti_pivot == "e4e" or (pti_pivot == "auto" and preset == "fast")
             if use_e4e and _try(lambda: models.encoder("e4e")) is not None:
                 pivot = _encode(models, "e4e", image).w_plus
             result = pivotal_tuning(g, image, pivot=pivot, preset=preset, lpips=lpips, seed=seed,
-                                    init=models.latent_avg(), callback=callback, cancel=cancel)
+                                    callback=callback, cancel=cancel, autocast=autocast)
     info = dict(result.info, preset=preset, seed=seed)
     return replace(result, seconds=time.perf_counter() - start, info=info)
 

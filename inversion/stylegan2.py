@@ -36,11 +36,11 @@ def fir_kernel(taps: Sequence[float], gain: float = 1.0) -> torch.Tensor:
     return k / k.sum() * gain
 
 
-def blur(x: torch.Tensor, kernel: torch.Tensor, pad: int) -> torch.Tensor:
-    """Depthwise FIR filter (symmetric ``kernel`` (k, k)) with zero padding ``pad`` on every side."""
+def blur(x: torch.Tensor, kernel: torch.Tensor, pad: int, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Depthwise FIR filter (symmetric ``kernel`` (k, k)) with zero padding ``pad``; optional per-channel bias."""
     c = x.shape[1]
     weight = kernel.to(x.dtype).expand(c, 1, *kernel.shape)
-    return F.conv2d(x, weight, padding=pad, groups=c)
+    return F.conv2d(x, weight, None if bias is None else bias.to(x.dtype), padding=pad, groups=c)
 
 
 def upsample2x(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -59,6 +59,11 @@ def bias_leaky_relu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x + bias.view(shape), 0.2) * SQRT2
 
 
+def _inplace_ok(x: torch.Tensor) -> bool:
+    """Whether ``x`` may be overwritten (no autograd graph needs it)."""
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
 def modulated_conv2d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -67,26 +72,46 @@ def modulated_conv2d(
     demodulate: bool = True,
     upsample: bool = False,
     blur_kernel: Optional[torch.Tensor] = None,
+    gain: float = 1.0,
+    bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """StyleGAN2 modulated convolution, batch-friendly form.
+    """StyleGAN2 modulated convolution: ``gain * modconv(x) + bias``.
 
-    x: (N, I, H, W); weight: (O, I, k, k), already scaled; styles: (N, I).
+    x: (N, I, H, W); weight: (O, I, k, k), already scaled; styles: (N, I); bias: (O,) or None.
     Returns (N, O, H, W), or (N, O, 2H, 2W) with ``upsample`` (transposed conv stride 2, then
     the 4x4 ``blur_kernel`` with padding 1, as the reference does).
+
+    Two exact formulations: for one sample the style, demodulation and gain are folded into the
+    weight (no full-size elementwise passes, best on CPU); for a batch the activations are scaled
+    before and after one shared-weight convolution (no grouped conv, no per-sample weights).
     """
+    acc = torch.promote_types(weight.dtype, torch.float32)  # styles/demodulation in >= float32
+    if x.shape[0] == 1:
+        with torch.autocast(x.device.type, enabled=False):
+            w = weight.to(acc) * styles[0].to(acc)[None, :, None, None]
+            if demodulate:
+                w = w * torch.rsqrt(w.square().sum(dim=(1, 2, 3)) + 1e-8)[:, None, None, None]
+            w = w * gain
+        if upsample:
+            y = F.conv_transpose2d(x, w.transpose(0, 1).to(x.dtype), stride=2)
+            return blur(y, blur_kernel, pad=1, bias=bias)
+        return F.conv2d(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype), padding=w.shape[-1] // 2)
+
+    with torch.autocast(x.device.type, enabled=False):
+        scale = torch.full((x.shape[0], weight.shape[0]), gain, dtype=acc, device=x.device)
+        if demodulate:
+            w2 = weight.to(acc).square().sum(dim=(2, 3))  # (O, I)
+            scale = scale * torch.rsqrt(styles.to(acc).square() @ w2.t() + 1e-8)  # (N, O)
     x = x * styles.to(x.dtype)[:, :, None, None]
     if upsample:
-        x = F.conv_transpose2d(x, weight.transpose(0, 1).to(x.dtype), stride=2)
-        x = blur(x, blur_kernel, pad=1)
+        y = F.conv_transpose2d(x, weight.transpose(0, 1).to(x.dtype), stride=2)
+        y = blur(y, blur_kernel, pad=1)
     else:
-        x = F.conv2d(x, weight.to(x.dtype), padding=weight.shape[-1] // 2)
-    if demodulate:
-        acc = torch.promote_types(weight.dtype, torch.float32)  # demodulate in >= float32 under autocast
-        with torch.autocast(x.device.type, enabled=False):
-            w2 = weight.to(acc).square().sum(dim=(2, 3))  # (O, I)
-            d = torch.rsqrt(styles.to(acc).square() @ w2.t() + 1e-8)  # (N, O)
-        x = x * d.to(x.dtype)[:, :, None, None]
-    return x
+        y = F.conv2d(x, weight.to(x.dtype), padding=weight.shape[-1] // 2)
+    scale = scale.to(y.dtype)[:, :, None, None]
+    if bias is None:
+        return y * scale
+    return torch.addcmul(bias.to(y.dtype).view(1, -1, 1, 1), y, scale)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -132,11 +157,13 @@ class ModulatedConv2d(nn.Module):
         self.demodulate = demodulate
         self.upsample = upsample
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, *, gain: float = 1.0,
+                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         styles = self.modulation(w)
         return modulated_conv2d(
             x, self.weight[0] * self.scale, styles, demodulate=self.demodulate,
             upsample=self.upsample, blur_kernel=self.blur.kernel if self.upsample else None,
+            gain=gain, bias=bias,
         )
 
 
@@ -149,25 +176,19 @@ class _KernelHolder(nn.Module):
 
 
 class NoiseInjection(nn.Module):
-    """``x + weight * noise`` with a learned scalar ``weight``."""
+    """Holds the learned noise strength ``weight`` (1,); :class:`StyledConv` applies it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return x + self.weight.to(x.dtype) * noise.to(x.dtype)
-
 
 class FusedBiasActivation(nn.Module):
-    """Bias then leaky ReLU (slope 0.2) times sqrt(2); the bias is the only parameter."""
+    """Holds the activation ``bias`` (C,); :class:`StyledConv` applies bias + leaky ReLU(0.2) * sqrt(2)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return bias_leaky_relu(x, self.bias.to(x.dtype))
 
 
 class StyledConv(nn.Module):
@@ -181,7 +202,13 @@ class StyledConv(nn.Module):
         self.activate = FusedBiasActivation(out_ch)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.noise(self.conv(x, w), noise))
+        # lrelu(z) * sqrt2 == lrelu(sqrt2 * z): the gain is folded into the conv, bias and noise strength,
+        # so conv + bias is one op and only the noise add and the activation touch the full tensor.
+        y = self.conv(x, w, gain=SQRT2, bias=self.activate.bias * SQRT2)
+        n = noise.to(y.dtype) * (self.noise.weight.to(y.dtype) * SQRT2)
+        if _inplace_ok(y):
+            return F.leaky_relu_(y.add_(n), 0.2)
+        return F.leaky_relu(y + n, 0.2)
 
 
 class ToRGB(nn.Module):
@@ -196,9 +223,9 @@ class ToRGB(nn.Module):
         self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
-        out = self.conv(x, w) + self.bias.to(x.dtype)
+        out = self.conv(x, w, bias=self.bias.view(-1))
         if skip is not None:
-            out = out + upsample2x(skip, self.upsample.kernel)
+            out = out + upsample2x(skip, self.upsample.kernel).to(out.dtype)
         return out
 
 
@@ -324,14 +351,14 @@ class Generator(nn.Module):
             raise ValueError(f"ws must be (N, {self.n_latent}, {self.style_dim}), got {tuple(ws.shape)}")
         n = ws.shape[0]
         noises = self.noise_list(noise, n, like=ws, generator=generator)
-        x = self.input(n)
+        x = self.input(n).contiguous(memory_format=torch.channels_last)  # NHWC: faster convs on CPU and GPU
         x = self.conv1(x, ws[:, 0], noises[0])
         skip = self.to_rgb1(x, ws[:, 1])
         for k, to_rgb in enumerate(self.to_rgbs):
             x = self.convs[2 * k](x, ws[:, 2 * k + 1], noises[2 * k + 1])
             x = self.convs[2 * k + 1](x, ws[:, 2 * k + 2], noises[2 * k + 2])
             skip = to_rgb(x, ws[:, 2 * k + 3], skip)
-        return skip
+        return skip.contiguous()
 
     def forward(self, styles: Sequence[torch.Tensor], *, input_is_latent: bool = False,
                 truncation: float = 1.0, truncation_latent: Optional[torch.Tensor] = None,
