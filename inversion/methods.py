@@ -77,42 +77,77 @@ def _encode(models: ModelSet, kind: str, image: torch.Tensor) -> Inversion:
     return Inversion(method=kind, w_plus=w_plus, image=g.synthesis(w_plus))
 
 
+# How the app's presets map onto the library's (inversion.optimize.PRESETS / inversion.pti.PRESETS hold the
+# papers' step counts). "fast" is sized for a visitor on a CPU: start from the e4e codes (when e4e is
+# present) and take few steps; "quality" is the papers' recipe (mean-w start, W-optimized PTI pivot).
+APP_PRESETS: dict[tuple[str, str], dict] = {
+    **{(m, "fast"): {"steps": 30, "start": "e4e"} for m in ("w", "w+")},
+    **{(m, "balanced"): {"start": "e4e"} for m in ("w", "w+")},
+    **{(m, "quality"): {"start": "mean"} for m in ("w", "w+")},
+    ("pti", "fast"): {"pivot": "e4e", "tune_steps": 40},
+    ("pti", "balanced"): {"pivot": "e4e"},
+    ("pti", "quality"): {"pivot": "w"},
+}
+
+
+def use_bf16(device: torch.device) -> bool:
+    """bf16 autocast where it is fast: CUDA, and CPUs with native bf16 (AVX512-BF16 / AMX) in oneDNN."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
 def invert(models: ModelSet, method: str, image: torch.Tensor, *, preset: str = "balanced",
            seed: int = 0, callback: Optional[ProgressCallback] = None,
-           cancel: Optional[threading.Event] = None, pti_pivot: str = "auto") -> Inversion:
+           cancel: Optional[threading.Event] = None, pti_pivot: str = "auto",
+           autocast: Optional[bool] = None) -> Inversion:
     """Run ``method`` on an aligned image (1, 3, S, S) in [-1, 1] on the models' device.
 
-    ``pti_pivot``: "w" (optimization, the paper's default), "e4e" (fast) or "auto" (e4e when available
-    and the preset is "fast"). Raises CheckpointMissingError when a needed file is not there yet.
+    ``preset`` as in :data:`APP_PRESETS`; ``pti_pivot`` "w" (optimization, the paper's default), "e4e"
+    (fast) or "auto" (the preset's choice). e4e-based starts fall back to the mean w when e4e is absent
+    (``info["start"]`` says which was used). ``autocast`` (default: :func:`use_bf16`) runs generator and
+    LPIPS forward passes in bf16; codes and Adam stay float32. Raises CheckpointMissingError when a
+    needed file is not there yet.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    if preset not in METHODS[method].presets:
+        raise ValueError(f"unknown preset {preset!r} for {method}; choose one of {METHODS[method].presets}")
     g = models.generator()
     if image.dim() != 4 or image.shape[0] != 1 or image.shape[-1] != g.size:
         raise ValueError(f"expected an aligned image (1, 3, {g.size}, {g.size}), got {tuple(image.shape)}")
     image = image.to(models.device, torch.float32)
+    autocast = use_bf16(models.device) if autocast is None else autocast
     check_cancel(cancel)
     start = time.perf_counter()
     if method in ("psp", "e4e"):
         result = _encode(models, method, image)
+        extra = {}
     else:
         from inversion.optimize import optimize_latent
         from inversion.pti import pivotal_tuning
 
         lpips = _try(models.lpips)
-        autocast = models.device.type == "cuda"  # bf16 forward on GPU; codes and Adam stay float32
+        options = dict(APP_PRESETS[(method, preset)])
+        wants_e4e = "e4e" in (options.pop("start", None), options.pop("pivot", None))
+        if method == "pti" and pti_pivot != "auto":
+            wants_e4e = pti_pivot == "e4e"
+        e4e = _encode(models, "e4e", image).w_plus if wants_e4e and _try(
+            lambda: models.encoder("e4e")) is not None else None
+        extra = {"start": "e4e" if e4e is not None else "mean"}
         if method in ("w", "w+"):
             result = optimize_latent(g, image, space=method, preset=preset, lpips=lpips, seed=seed,
-                                     init=models.latent_avg(), callback=callback, cancel=cancel,
-                                     autocast=autocast)
+                                     init=e4e if e4e is not None else models.latent_avg(),
+                                     callback=callback, cancel=cancel, autocast=autocast, **options)
         else:
-            pivot = None
-            use_e4e = pti_pivot == "e4e" or (pti_pivot == "auto" and preset == "fast")
-            if use_e4e and _try(lambda: models.encoder("e4e")) is not None:
-                pivot = _encode(models, "e4e", image).w_plus
-            result = pivotal_tuning(g, image, pivot=pivot, preset=preset, lpips=lpips, seed=seed,
-                                    callback=callback, cancel=cancel, autocast=autocast)
-    info = dict(result.info, preset=preset, seed=seed)
+            result = pivotal_tuning(g, image, pivot=e4e, preset=preset, lpips=lpips, seed=seed,
+                                    callback=callback, cancel=cancel, autocast=autocast, **options)
+    info = dict(result.info, preset=preset, seed=seed, **extra)
     return replace(result, seconds=time.perf_counter() - start, info=info)
 
 
