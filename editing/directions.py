@@ -94,6 +94,40 @@ def _ganspace_named(name: str, label: str, component: int, start: int, end: int,
                     license=_E4E_LICENSE)
 
 
+# ----------------------------------------------------------------------------- built-in 128 px generator
+# InterFaceGAN directions of the small built-in generator (model family "builtin"), written by
+# ``python -m training.fit_directions`` to editing/data/builtin_<attribute>.safetensors, with the fit and
+# faithfulness numbers in editing/data/builtin_directions.json. Strengths are distances in W along the unit
+# direction; fit_directions prints suggested values (about 2 and 4 projection standard deviations).
+# Not yet in EDITS: add ``*BUILTIN_EDITS`` to EDITS once the files exist (tests that list the registry's names,
+# tests/test_editing.py and tests/test_session.py, then need the built-in names).
+
+BUILTIN = "builtin"
+"""Generator kind of the built-in 128 px generator (``inversion.models.FAMILIES["builtin"].edit_kind``)."""
+
+
+def _builtin(attribute: str, label: str, default: float, limit: float) -> EditSpec:
+    return EditSpec(name=f"builtin_{attribute}", label=label, kind="interfacegan", layers=None,
+                    default_strength=default, strength_range=(-limit, limit), generators=(BUILTIN,),
+                    file=f"builtin_{attribute}.safetensors",
+                    source=f"InterFaceGAN-style direction for '{attribute}' in the built-in generator's W, fitted by "
+                           "training/fit_directions.py on samples labelled by the bundled attribute regressor",
+                    license="made by this project (training/fit_directions.py); same terms as the project")
+
+
+BUILTIN_EDITS: tuple[EditSpec, ...] = (
+    _builtin("smile", "Smile", 2.0, 6.0),
+    _builtin("age", "Age", 2.0, 6.0),
+    _builtin("yaw", "Head turn", 2.0, 6.0),
+    _builtin("glasses", "Glasses", 2.0, 6.0),
+    _builtin("hair_color", "Hair colour", 2.0, 6.0),
+    _builtin("hair_length", "Hair length", 2.0, 6.0),
+    _builtin("eye_open", "Eye openness", 2.0, 6.0),
+    _builtin("light", "Light direction", 2.0, 6.0),
+)
+
+# ----------------------------------------------------------------------------- the registry
+
 EDITS: tuple[EditSpec, ...] = (
     _interfacegan("age", "Age", "age.safetensors"),
     _interfacegan("smile", "Smile", "smile.safetensors"),
