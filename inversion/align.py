@@ -134,11 +134,29 @@ def _open(source: Union[str, Path, bytes, bytearray], max_pixels: int) -> Image.
             "Please use a smaller copy of the photo."
         ) from exc
     except UnidentifiedImageError as exc:
-        raise InvalidImageError("The file is not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF...).") from exc
+        raise InvalidImageError(_unsupported_message(source)) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImageError(f"The image could not be read; the file may be damaged ({exc}).") from exc
     _check_size(image.size, max_pixels)
     return image
+
+
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+
+
+def _unsupported_message(source: Union[str, Path, bytes, bytearray]) -> str:
+    """Why Pillow could not identify the file, in plain words (empty file, HEIC, anything else)."""
+    if isinstance(source, (bytes, bytearray)):
+        head = bytes(source[:16])
+    else:
+        with open(source, "rb") as f:
+            head = f.read(16)
+    if not head:
+        return "The file is empty (0 bytes), so it is not an image."
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return ("HEIC/HEIF photos (the iPhone camera's default) are not supported here: please convert the photo "
+                "to JPEG or PNG first.")
+    return "The file is not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF...)."
 
 
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:
