@@ -166,6 +166,7 @@ def open_photo(source: alignment.ImageSource, *, max_side: int = WORK_MAX_SIDE) 
     """
     image = alignment.load_image(source)
     notes = []
+    original = image.size
     if max(image.size) > max_side:
         scale = max_side / max(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
@@ -174,6 +175,10 @@ def open_photo(source: alignment.ImageSource, *, max_side: int = WORK_MAX_SIDE) 
     faces = alignment.detect_faces(image)
     if not faces:
         msg = "No face found in the photo. Please use a photo with a clearly visible, roughly frontal face"
+        if image.size != original:
+            raise alignment.NoFaceError(
+                f"{msg}. The photo ({original[0]}x{original[1]}) had to be reduced to {image.width}x{image.height} "
+                "pixels, which makes the faces in it small: crop it around the face and try again.")
         if min(image.size) < 80:
             raise alignment.FaceTooSmallError(f"{msg}; this image is only {image.width}x{image.height} pixels.")
         raise alignment.NoFaceError(msg + ".")
@@ -194,7 +199,8 @@ def face_thumbnails(photo: Photo, *, size: int = 112) -> list[Image.Image]:
 def align_photo(state: VisitorState, photo: Photo, face_index: int = 0) -> VisitorState:
     """Align face ``face_index`` of ``photo`` (FFHQ frame, :data:`ALIGN_SIZE` px); clears earlier results."""
     if not 0 <= face_index < len(photo.faces):
-        raise SessionError(f"Face {face_index + 1} was chosen, but the photo has {len(photo.faces)} face(s).")
+        raise SessionError(f"There is no face number {face_index} (counting from 0): the photo has "
+                           f"{len(photo.faces)} face(s).")
     aligned = alignment.align_face(photo.image, ALIGN_SIZE, landmarks=photo.faces[face_index].landmarks)
     aligned = replace(aligned, face=photo.faces[face_index])
     return replace(state, photo=photo, face_index=face_index, aligned=aligned, results={}, edit=None,
@@ -249,9 +255,19 @@ def piece_present(models: ModelSet, piece: str, file_present: FilePresent) -> bo
 
 
 def method_status(models: ModelSet, file_present: FilePresent) -> dict[str, tuple[bool, str]]:
-    """``{method: (can_run, reason_when_not)}`` for every method, in :data:`METHOD_ORDER`."""
-    return {m: available(models, m, present=lambda piece: piece_present(models, piece, file_present))
-            for m in METHOD_ORDER}
+    """``{method: (can_run, reason_when_not)}`` for every method, in :data:`METHOD_ORDER`; reasons name the
+    missing weights in plain words."""
+    def present(piece: str) -> bool:
+        return piece_present(models, piece, file_present)
+
+    out = {}
+    for m in METHOD_ORDER:
+        ok, reason = available(models, m, present=present)
+        if not ok:
+            missing = [_PIECE_LABEL.get(p, p) for p in METHODS[m].needs if not present(p)]
+            reason = f"{METHODS[m].label} needs {' and '.join(missing)} weights (not downloaded yet)"
+        out[m] = (ok, reason)
+    return out
 
 
 def default_family(model_sets: Mapping[str, ModelSet], file_present: FilePresent) -> str:
