@@ -303,6 +303,43 @@ def _inversion_to(inv: Inversion, device: torch.device, *, copy_generator: bool)
                    generator=gen, noise=noise)
 
 
+class _LoadErrorsAsCheckpointErrors:
+    """A view of a :class:`ModelSet` whose loaders report a weight file with the wrong layout (strict loads
+    raise ValueError / RuntimeError / KeyError) as :class:`CheckpointError`, so the visitor reads which
+    weights are broken instead of a generic server error; everything else is the model set's own."""
+
+    def __init__(self, models: ModelSet) -> None:
+        self._models = models
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._models, name)
+
+    @staticmethod
+    def _load(what: str, build: Callable[[], Any]) -> Any:
+        try:
+            return build()
+        except CheckpointError:
+            raise
+        except (ValueError, RuntimeError, KeyError) as err:
+            text = " ".join(str(err).split())[:300] or type(err).__name__
+            raise CheckpointError(f"the {what} weights could not be loaded ({text})") from None
+
+    def generator(self) -> Any:
+        return self._load("generator", self._models.generator)
+
+    def latent_avg(self) -> Any:
+        return self._load("generator", self._models.latent_avg)
+
+    def encoder(self, kind: str) -> Any:
+        return self._load(f"{_PIECE_LABEL.get('encoder:' + kind, kind)}", lambda: self._models.encoder(kind))
+
+    def lpips(self) -> Any:
+        return self._load(_PIECE_LABEL["lpips"], self._models.lpips)
+
+    def identity(self) -> Any:
+        return self._load(_PIECE_LABEL["identity"], self._models.identity)
+
+
 def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str], *,
                    presets: Optional[Mapping[str, str]] = None, seed: int = 0,
                    on_progress: Optional[ProgressFn] = None,
@@ -310,13 +347,14 @@ def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str]
                    file_present: Optional[FilePresent] = None) -> Iterator[Union[MethodResult, Skipped]]:
     """Invert ``image`` (1, 3, S, S) with each method (fast ones first), yielding each result when it is done.
 
-    A method whose files are not there yet is yielded as :class:`Skipped` (with the reason) and the others
-    go on. ``presets`` maps method -> preset (methods without presets use their only one). Results are
+    A method whose files are not there yet, or are broken, is yielded as :class:`Skipped` (with the reason) and
+    the others go on. ``presets`` maps method -> preset (methods without presets use their only one). Results are
     evaluated (:func:`inversion.methods.evaluate`) and moved to the CPU. Cancelling raises
     :class:`~inversion.result.Cancelled`.
     """
     presets = dict(presets or {})
     status = method_status(models, file_present) if file_present is not None else {}
+    guarded: Any = _LoadErrorsAsCheckpointErrors(models)
     for method in order_methods(methods):
         ok, reason = status.get(method, (True, ""))
         if not ok:
@@ -331,11 +369,14 @@ def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str]
             if on_progress is not None:
                 on_progress(method, step, total, metrics)
         try:
-            inv = invert(models, method, image, preset=preset, seed=seed, callback=callback, cancel=cancel)
+            inv = invert(guarded, method, image, preset=preset, seed=seed, callback=callback, cancel=cancel)
         except CheckpointMissingError as err:
             yield Skipped(method, f"{spec.label} cannot run yet: {err}")
             continue
-        metrics = evaluate(models, inv, image)
+        except CheckpointError as err:
+            yield Skipped(method, f"{spec.label} cannot run: {err}")
+            continue
+        metrics = evaluate(guarded, inv, image)
         yield MethodResult(method=method, family=models.family.name, preset=preset,
                            inversion=_inversion_to(inv, torch.device("cpu"), copy_generator=False), metrics=metrics)
 
@@ -477,7 +518,7 @@ def edit_results(models: ModelSet, state: VisitorState, name: str, offset: float
     request = EditRequest(name, component=int(component) if spec.is_explorer else None)
     offsets = strip_offsets(offset, steps)
     wanted = offsets if offset in offsets else (*offsets, offset)
-    base = models.generator()
+    base = _LoadErrorsAsCheckpointErrors(models).generator()
     device = models.device
     strips = {}
     for method, result in state.results.items():
