@@ -282,7 +282,11 @@ class Reporter:
     def line(self, text: str, *, stream: Optional[TextIO] = None) -> None:
         """A message on its own line (skips, warnings, errors); shown even when quiet."""
         self._clear()
-        print(text, file=stream or self.err, flush=True)
+        stream = stream or self.err
+        try:
+            print(text, file=stream, flush=True)
+        except UnicodeEncodeError:  # a console that cannot show some file name
+            print(text.encode("ascii", "backslashreplace").decode("ascii"), file=stream, flush=True)
 
     def info(self, text: str, *, stream: Optional[TextIO] = None) -> None:
         if not self.quiet:
@@ -309,9 +313,11 @@ class Reporter:
         filled = int(round(share * width))
         elapsed = int(time.monotonic() - self.started)
         text = (f"[{'#' * filled}{'-' * (width - filled)}] {self.index + 1}/{self.total} {self.label}"
-                f"{' · ' + what if what else ''} · {elapsed // 60}:{elapsed % 60:02d}")
+                f"{' | ' + what if what else ''} | {elapsed // 60}:{elapsed % 60:02d}")
         columns = shutil.get_terminal_size((100, 20)).columns
-        self.err.write("\r\033[K" + text[:max(columns - 1, 10)])
+        text = text[:max(columns - 1, 10)]
+        encoding = getattr(self.err, "encoding", None) or "utf-8"
+        self.err.write("\r\033[K" + text.encode(encoding, "replace").decode(encoding))
         self.err.flush()
         self._bar = True
 
@@ -730,8 +736,8 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
     finally:
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
     flush()
-    reporter.line(", ".join(f"{n} {s}" for s, n in counts().items() if n) + f" -> {_display(out)}",
-                  stream=reporter.out)
+    tally = {**counts(), "missing": len(problems)}
+    reporter.line(", ".join(f"{n} {s}" for s, n in tally.items() if n) + f" -> {_display(out)}", stream=reporter.out)
     if outcome["interrupted"]:
         return 130
     return 0 if records else 1

@@ -320,7 +320,7 @@ def test_progress_bar_on_a_terminal():
     reporter.progress(0.5, "W+ optimization 15/30")
     reporter.line("skip a.jpg: reason")
     text = err.getvalue()
-    assert "\r" in text and "[########------------] 2/4 b.jpg · W+ optimization 15/30" in text
+    assert "\r" in text and "[########------------] 2/4 b.jpg | W+ optimization 15/30 | 0:00" in text
     assert text.endswith("\r\033[Kskip a.jpg: reason\n")  # the bar is cleared before a message
 
 
