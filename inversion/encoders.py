@@ -173,18 +173,22 @@ class EqualLinear(nn.Module):
 
 
 class GradualStyleBlock(nn.Module):
-    """Map a ``(N, in_c, s, s)`` feature map to one ``(N, out_c)`` style: log2(s) stride-2 convs, then EqualLinear."""
+    """Map a ``(N, in_c, s, s)`` feature map to one ``(N, out_c)`` style: log2(s) stride-2 convs, then EqualLinear.
 
-    def __init__(self, in_channels: int, out_channels: int, spatial: int) -> None:
+    ``hidden_channels`` (default ``out_channels``, as in pSp/e4e) is the convs' width, for narrow small models."""
+
+    def __init__(self, in_channels: int, out_channels: int, spatial: int, *,
+                 hidden_channels: int | None = None) -> None:
         super().__init__()
         n_convs = int(round(math.log2(spatial)))
         if 2**n_convs != spatial or n_convs < 1:
             raise ValueError(f"style block input size must be a power of two >= 2, got {spatial}")
+        hidden = out_channels if hidden_channels is None else hidden_channels
         layers: list[nn.Module] = []
         for k in range(n_convs):
-            layers += [nn.Conv2d(in_channels if k == 0 else out_channels, out_channels, 3, 2, 1), nn.LeakyReLU(0.01)]
+            layers += [nn.Conv2d(in_channels if k == 0 else hidden, hidden, 3, 2, 1), nn.LeakyReLU(0.01)]
         self.convs = nn.Sequential(*layers)
-        self.linear = EqualLinear(out_channels, out_channels)
+        self.linear = EqualLinear(hidden, out_channels)
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,6 +213,7 @@ class _StyleEncoderBase(nn.Module):
         style_dim: int = 512,
         coarse_ind: int = 3,
         middle_ind: int = 7,
+        head_channels: int | None = None,
     ) -> None:
         super().__init__()
         if len(widths) != 4 or len(units) != 4:
@@ -219,6 +224,8 @@ class _StyleEncoderBase(nn.Module):
             "n_styles": n_styles, "input_size": input_size, "in_channels": in_channels, "widths": list(widths),
             "units": list(units), "style_dim": style_dim, "coarse_ind": coarse_ind, "middle_ind": middle_ind,
         }
+        if head_channels is not None:
+            self._config["head_channels"] = head_channels
         self.n_styles = n_styles
         self.input_size = input_size
         self.in_channels = in_channels
@@ -231,7 +238,7 @@ class _StyleEncoderBase(nn.Module):
         self.styles = nn.ModuleList()
         for i in range(n_styles):
             spatial = input_size // (16 if i < coarse_ind else 8 if i < middle_ind else 4)
-            self.styles.append(GradualStyleBlock(top, style_dim, spatial))
+            self.styles.append(GradualStyleBlock(top, style_dim, spatial, hidden_channels=head_channels))
         self.latlayer1 = nn.Conv2d(widths[2], top, 1)
         self.latlayer2 = nn.Conv2d(widths[1], top, 1)
 

@@ -117,8 +117,10 @@ class ModelSet:
         if self.family.name == "builtin":
             sd, config = read_bundled("builtin_g128")
             latent_avg = sd.pop("latent_avg", None)
-            g = generator_from_state_dict(sd)
-            return self._prepare(g), None if latent_avg is None else latent_avg.reshape(1, -1).to(self.device)
+            if latent_avg is None and "latent_avg" in config:  # training/train_gan.py stores it in the JSON
+                latent_avg = torch.tensor(config["latent_avg"], dtype=torch.float32)
+            g = generator_from_state_dict({k: v.float() for k, v in sd.items()})
+            return self._prepare(g), None if latent_avg is None else latent_avg.reshape(1, -1).float().to(self.device)
         errors = []
         for name in self.family.generator_files:
             try:
