@@ -304,9 +304,10 @@ def _inversion_to(inv: Inversion, device: torch.device, *, copy_generator: bool)
 
 
 class _LoadErrorsAsCheckpointErrors:
-    """A view of a :class:`ModelSet` whose loaders report a weight file with the wrong layout (strict loads
-    raise ValueError / RuntimeError / KeyError) as :class:`CheckpointError`, so the visitor reads which
-    weights are broken instead of a generic server error; everything else is the model set's own."""
+    """A view of a :class:`ModelSet` whose loaders report a weight file with the wrong layout (the layout checks
+    raise ValueError, strict ``load_state_dict`` a RuntimeError "Error(s) in loading state_dict") as
+    :class:`CheckpointError`, so the visitor reads which weights are broken instead of a generic server error;
+    other errors and everything else are the model set's own."""
 
     def __init__(self, models: ModelSet) -> None:
         self._models = models
@@ -320,7 +321,9 @@ class _LoadErrorsAsCheckpointErrors:
             return build()
         except CheckpointError:
             raise
-        except (ValueError, RuntimeError, KeyError) as err:
+        except (ValueError, RuntimeError) as err:
+            if isinstance(err, RuntimeError) and "Error(s) in loading state_dict" not in str(err):
+                raise
             text = " ".join(str(err).split())[:300] or type(err).__name__
             raise CheckpointError(f"the {what} weights could not be loaded ({text})") from None
 
