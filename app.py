@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -109,6 +110,24 @@ def _on_gpu(fn: Callable, duration: int) -> Callable:
 
 def _state(state: Optional[S.VisitorState]) -> S.VisitorState:
     return state if state is not None else S.new_state()
+
+
+def _number(value: Any, what: str) -> float:
+    """A number as the page or an API client sent it (handlers run without preprocessing, so NaN, infinity,
+    null or text arrive as sent); :class:`~inversion.session.SessionError` in plain words otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise S.SessionError(f"The {what} must be a number, got {value!r}.")
+    return float(value)
+
+
+def _whole(value: Any, what: str, *, default: Optional[int] = None) -> int:
+    """A finite whole number (``default`` when the value is missing and a default exists)."""
+    if value is None and default is not None:
+        return default
+    number = _number(value, what)
+    if not math.isfinite(number) or number != int(number):
+        raise S.SessionError(f"The {what} must be a whole number, got {value!r}.")
+    return int(number)
 
 
 def _upload_path(payload: Any) -> Optional[str]:
@@ -231,7 +250,8 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         path = _upload_path(photo)
         if not path:
             raise S.SessionError("Upload a photo first (or pick an example).")
-        return _aligned(S.align_photo(_state(state), S.open_photo(path), int(face_index or 0)))
+        index = _whole(face_index, "face number", default=0)
+        return _aligned(S.align_photo(_state(state), S.open_photo(path), index))
 
     @_plain_errors
     def pick_face(state: Optional[S.VisitorState], evt: gr.SelectData):
@@ -254,8 +274,11 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
             raise S.SessionError("Align a photo first (step 1).")
         if not methods:
             raise S.SessionError("Tick at least one method.")
+        seed = _whole(seed, "seed", default=0)
+        if not 0 <= seed < 2**32:
+            raise S.SessionError(f"The seed must be between 0 and {2**32 - 1}, got {seed}.")
         cancel = threading.Event()
-        state = replace(state, seed=int(seed or 0))
+        state = replace(state, seed=seed)
         image = S.model_input(state, models.family.size)
 
         def outputs(message: str):
@@ -302,8 +325,14 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         state = _state(state)
         if not state.results:
             raise S.SessionError("Invert the photo first (step 2).")
-        state = S.edit_results(models_for(state.family), state, name, float(strength),
-                               component=int(component or 0), steps=int(steps))
+        models = models_for(state.family)
+        strength = _number(strength, "strength")  # NaN / infinity: the edit's range check says which range
+        component = _whole(component, "component", default=0)
+        steps = _whole(steps, "number of images per strip")
+        ctl = S.edit_control(name, models)
+        if ctl.component_max is not None and not 0 <= component <= ctl.component_max:
+            raise S.SessionError(f"The component must be between 0 and {ctl.component_max}, got {component}.")
+        state = S.edit_results(models, state, name, strength, component=component, steps=steps)
         return state, _strip_gallery(state)
 
     edit = _plain_errors(_on_gpu(_edit, duration=60))
@@ -470,13 +499,13 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                      concurrency_id="cpu-heavy").success(after_align, [state], cleared, **private)
         run_btn.click(invert, [family, methods, preset_w, preset_wplus, preset_pti, seed, state],
                       [state, cancel_state, results, table, plot, run_info], api_name="invert",
-                      concurrency_id="gpu", concurrency_limit=1, show_progress_on=[run_info]
+                      concurrency_id="gpu", concurrency_limit=1, show_progress_on=[run_info], preprocess=False
                       ).then(after_invert, [state], [edit_name, paste_method], **private)
         table.change(lambda st: _plot_update(_state(st)), [state], [plot], **private)  # limits follow the points
         stop_btn.click(stop, [cancel_state], None, **private)
         edit_name.change(on_edit_choice, [edit_name, state], [strength, component, edit_help], **private)
         edit_btn.click(edit, [edit_name, strength, component, steps, state], [state, strips], api_name="edit",
-                       concurrency_id="gpu").success(after_edit, [state], [strips], **private)
+                       concurrency_id="gpu", preprocess=False).success(after_edit, [state], [strips], **private)
         paste_btn.click(paste_back, [paste_method, state], [state, pasted], api_name="paste_back")
         export_btn.click(export, [state], [files, download], api_name="export")
         status_outputs = [status_md, banner, methods, shown_labels, timer]
