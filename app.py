@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parent
 EXAMPLES = [str(ROOT / "examples" / "grace_hopper.jpg"), str(ROOT / "examples" / "astronaut.png")]
 MAX_FILE_SIZE = "25mb"
 STATE_TTL_S = 3600
+PTI_KEEP = 4
+"""PTI-tuned generators kept alive for editing, over all visitors (an FFHQ copy is ~120 MB)."""
 DOWNLOAD_ORDER = ("dlib_landmarks", "stylegan2_ffhq", "vgg16", "e4e_ffhq", "irse50", "psp_ffhq")
 PLAIN_ERRORS = (AlignmentError, S.SessionError, EditError, CheckpointError, PredictorNotFoundError)
 OOPS = "Something went wrong on the server (details in the server log). Please try again."
@@ -199,10 +201,12 @@ def default_model_sets(device: Any, locate: Callable[[str], Path]) -> dict[str, 
 
 
 def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
-               downloader: Optional[BackgroundDownloader] = None) -> gr.Blocks:
+               downloader: Optional[BackgroundDownloader] = None, pti_keep: int = PTI_KEEP) -> gr.Blocks:
     """Build the app. ``model_sets`` (family key -> ModelSet, first = preferred) default to FFHQ + built-in, with
     a :class:`BackgroundDownloader` for their files (started on the first page load or by :func:`main`); when
-    ``model_sets`` are given, ``downloader`` is used only if passed (tests inject tiny in-memory sets)."""
+    ``model_sets`` are given, ``downloader`` is used only if passed (tests inject tiny in-memory sets).
+    ``pti_keep``: how many PTI-tuned generators the app keeps for editing, over all visitors (older ones are
+    freed; their visitors are asked to run PTI again)."""
     if model_sets is None:
         downloader = downloader or BackgroundDownloader(list(DOWNLOAD_ORDER))
 
@@ -228,6 +232,25 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
 
     first_family = S.default_family(model_sets, present())
     on_cpu = next(iter(model_sets.values())).device.type == "cpu"
+    tuned = S.TunedCache(pti_keep)
+
+    def _keeping_tuned(fn: Callable) -> Callable:
+        """Hand the states ``fn`` returns to the PTI generator cache, in this process (on ZeroGPU ``fn`` runs in
+        another one, and its states come back as copies)."""
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gen_wrapper(*args: Any, **kwargs: Any):
+                for out in fn(*args, **kwargs):
+                    tuned.keep(out[0])
+                    yield out
+            return gen_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any):
+            out = fn(*args, **kwargs)
+            tuned.keep(out[0])
+            return out
+        return wrapper
 
     def method_labels(family: str) -> list[tuple[str, str]]:
         status = S.method_status(models_for(family), present())
@@ -294,7 +317,8 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         skipped = []
         try:
             for item in S.run_inversions(models, image, methods, presets=presets, seed=state.seed,
-                                         on_progress=on_progress, cancel=cancel, file_present=present()):
+                                         on_progress=on_progress, cancel=cancel, file_present=present(),
+                                         releasable=True):
                 if isinstance(item, S.Skipped):
                     skipped.append(item.reason)
                     gr.Warning(item.reason)
@@ -309,7 +333,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
             message += " Skipped: " + " ".join(skipped)
         yield outputs(message)
 
-    invert = _plain_errors(_on_gpu(_invert, duration=240))
+    invert = _plain_errors(_keeping_tuned(_on_gpu(_invert, duration=240)))
 
     def after_invert(state: Optional[S.VisitorState]):
         if state is None or not state.results:
@@ -335,7 +359,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         state = S.edit_results(models, state, name, strength, component=component, steps=steps)
         return state, _strip_gallery(state)
 
-    edit = _plain_errors(_on_gpu(_edit, duration=60))
+    edit = _plain_errors(_keeping_tuned(_on_gpu(_edit, duration=60)))
 
     def after_edit(state: Optional[S.VisitorState]):
         if state is None or state.edit is None or not state.edit.strips:
@@ -516,6 +540,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
 
     demo.queue(default_concurrency_limit=2, max_size=64)
     demo.weights_downloader = downloader  # type: ignore[attr-defined]  # started by main()
+    demo.tuned_generators = tuned  # type: ignore[attr-defined]
     return demo
 
 

@@ -18,6 +18,7 @@ import re
 import shutil
 import threading
 import time
+import weakref
 import zipfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -55,6 +56,57 @@ class SessionError(ValueError):
     """A request that does not fit the visitor's state (e.g. "align a photo first"); plain message."""
 
 
+class TunedGenerator:
+    """Holds one PTI-tuned generator for a result; :meth:`release` drops it (see :class:`TunedCache`)."""
+
+    def __init__(self, generator: torch.nn.Module) -> None:
+        self._generator: Optional[torch.nn.Module] = generator
+
+    @property
+    def generator(self) -> Optional[torch.nn.Module]:
+        """The tuned generator, or None once released."""
+        return self._generator
+
+    def release(self) -> None:
+        """Drop the generator (its memory is freed once no edit is using it)."""
+        self._generator = None
+
+
+class TunedCache:
+    """Keeps at most ``capacity`` PTI-tuned generators alive across all visitors of one app (the most recently
+    used); older ones are released. Holds its entries weakly: a generator also goes when its visitor's state
+    does. One FFHQ copy is ~120 MB, so this bounds the app's memory whatever the number of visitors."""
+
+    def __init__(self, capacity: int = 4) -> None:
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity}")
+        self.capacity = capacity
+        self._entries: "dict[int, weakref.ref[TunedGenerator]]" = {}
+        self._lock = threading.Lock()
+
+    def keep(self, state: Optional[VisitorState]) -> None:
+        """Mark the state's tuned generators as the most recently used; release the oldest past ``capacity``."""
+        if state is None:
+            return
+        with self._lock:
+            for result in state.results.values():
+                box = result.tuned
+                if box is None or box.generator is None:
+                    continue
+                self._entries.pop(id(box), None)
+                self._entries[id(box)] = weakref.ref(box)
+            alive = [(key, ref()) for key, ref in self._entries.items()]
+            alive = [(key, box) for key, box in alive if box is not None and box.generator is not None]
+            for _, box in alive[:max(0, len(alive) - self.capacity)]:
+                box.release()
+            self._entries = {key: weakref.ref(box) for key, box in alive[max(0, len(alive) - self.capacity):]}
+
+    def __len__(self) -> int:
+        """How many tuned generators are held now."""
+        with self._lock:
+            return sum(1 for ref in self._entries.values() if (box := ref()) is not None and box.generator is not None)
+
+
 # --------------------------------------------------------------------------------------------- state
 
 @dataclass(frozen=True)
@@ -75,10 +127,21 @@ class MethodResult:
     preset: str
     inversion: Inversion
     metrics: dict[str, Optional[float]]
+    tuned: Optional[TunedGenerator] = None  # PTI's generator when kept releasable (then inversion.generator is None)
 
     @property
     def label(self) -> str:
         return METHODS[self.method].label
+
+    def full_inversion(self) -> Inversion:
+        """The inversion with its PTI-tuned generator; :class:`SessionError` when that was released."""
+        if self.tuned is None:
+            return self.inversion
+        generator = self.tuned.generator
+        if generator is None:
+            raise SessionError(f"The {self.label} result's tuned generator was freed to keep the server's memory "
+                               "bounded (only the most recent ones are kept). Run PTI again to edit it.")
+        return replace(self.inversion, generator=generator)
 
     @property
     def reconstruction(self) -> Image.Image:
@@ -347,13 +410,15 @@ def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str]
                    presets: Optional[Mapping[str, str]] = None, seed: int = 0,
                    on_progress: Optional[ProgressFn] = None,
                    cancel: Optional[threading.Event] = None,
-                   file_present: Optional[FilePresent] = None) -> Iterator[Union[MethodResult, Skipped]]:
+                   file_present: Optional[FilePresent] = None,
+                   releasable: bool = False) -> Iterator[Union[MethodResult, Skipped]]:
     """Invert ``image`` (1, 3, S, S) with each method (fast ones first), yielding each result when it is done.
 
     A method whose files are not there yet, or are broken, is yielded as :class:`Skipped` (with the reason) and
     the others go on. ``presets`` maps method -> preset (methods without presets use their only one). Results are
-    evaluated (:func:`inversion.methods.evaluate`) and moved to the CPU. Cancelling raises
-    :class:`~inversion.result.Cancelled`.
+    evaluated (:func:`inversion.methods.evaluate`) and moved to the CPU. ``releasable``: a PTI-tuned generator
+    is held in ``MethodResult.tuned`` (a :class:`TunedCache` may release it) instead of ``inversion.generator``.
+    Cancelling raises :class:`~inversion.result.Cancelled`.
     """
     presets = dict(presets or {})
     status = method_status(models, file_present) if file_present is not None else {}
@@ -380,8 +445,12 @@ def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str]
             yield Skipped(method, f"{spec.label} cannot run: {err}")
             continue
         metrics = evaluate(guarded, inv, image)
-        yield MethodResult(method=method, family=models.family.name, preset=preset,
-                           inversion=_inversion_to(inv, torch.device("cpu"), copy_generator=False), metrics=metrics)
+        inv = _inversion_to(inv, torch.device("cpu"), copy_generator=False)
+        tuned = None
+        if releasable and inv.generator is not None:
+            tuned, inv = TunedGenerator(inv.generator), replace(inv, generator=None)
+        yield MethodResult(method=method, family=models.family.name, preset=preset, inversion=inv, metrics=metrics,
+                           tuned=tuned)
 
 
 def add_result(state: VisitorState, result: MethodResult) -> VisitorState:
@@ -525,7 +594,7 @@ def edit_results(models: ModelSet, state: VisitorState, name: str, offset: float
     device = models.device
     strips = {}
     for method, result in state.results.items():
-        inv = _inversion_to(result.inversion, device, copy_generator=True)
+        inv = _inversion_to(result.full_inversion(), device, copy_generator=True)
         strengths = edit_strengths(name, inv.w_plus, wanted)
         todo = [s for o, s in zip(wanted, strengths) if o != 0]
         images: dict[float, Image.Image] = {}
@@ -603,7 +672,7 @@ def export_files(state: VisitorState, folder: Path, *, app_name: str = "stylegan
         entry: dict[str, Any] = {"label": r.label, "preset": r.preset,
                                  "metrics": {k: _fmt(v, 6) for k, v in r.metrics.items()},
                                  "wplus_file": f"{key}_wplus.npy", "wplus_shape": list(r.inversion.w_plus.shape)}
-        if r.inversion.generator is not None:
+        if r.inversion.generator is not None or r.tuned is not None:
             entry["note"] = "these codes reproduce the photo only with the PTI-tuned generator (not exported)"
         if state.edit is not None and method in state.edit.strips:
             strip = state.edit.strips[method]
@@ -717,7 +786,7 @@ def family_banner(model_sets: Mapping[str, ModelSet], chosen: str, file_present:
 
 __all__ = [
     "ALIGN_SIZE", "EditControl", "EditOutcome", "EditStrip", "IDENTITY_MODEL", "METHOD_ORDER", "METRIC_COLUMNS",
-    "MethodResult", "Photo", "SessionError", "Skipped", "VisitorState", "WORK_MAX_SIDE", "add_result",
+    "MethodResult", "Photo", "SessionError", "Skipped", "TunedCache", "TunedGenerator", "VisitorState", "WORK_MAX_SIDE", "add_result",
     "align_photo", "default_family", "edit_choices", "edit_control", "edit_results", "edit_strengths",
     "export_files", "face_thumbnails", "family_banner", "file_present_from", "method_status", "metrics_rows",
     "model_input", "new_state", "open_photo", "order_methods", "paste_result", "photo_notes", "piece_present",
