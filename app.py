@@ -356,8 +356,12 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         ctl = S.edit_control(name, models)
         if ctl.component_max is not None and not 0 <= component <= ctl.component_max:
             raise S.SessionError(f"The component must be between 0 and {ctl.component_max}, got {component}.")
-        state = S.edit_results(models, state, name, strength, component=component, steps=steps)
-        return state, _strip_gallery(state)
+        edited = S.edit_results(models, state, name, strength, component=component, steps=steps)
+        freed = [r.label for m, r in state.results.items() if m not in edited.results]
+        if freed:
+            gr.Warning(f"{', '.join(freed)}: its tuned generator was freed to keep the server's memory bounded, so it "
+                       "is not edited (run PTI again to edit it).")
+        return edited, _strip_gallery(edited)
 
     edit = _plain_errors(_keeping_tuned(_on_gpu(_edit, duration=60)))
 

@@ -576,9 +576,16 @@ def edit_strengths(name: str, codes: torch.Tensor, offsets: Sequence[float]) -> 
 def edit_results(models: ModelSet, state: VisitorState, name: str, offset: float, *, component: Optional[int] = None,
                  steps: int = 5, batch_size: int = 8, cache_dir: Optional[Path] = None) -> VisitorState:
     """Apply edit ``name`` to EVERY inversion of the state: a strip of ``steps`` offsets per method plus the
-    image and codes at ``offset``. Offset 0 reuses the reconstruction (it is the identity)."""
+    image and codes at ``offset``. Offset 0 reuses the reconstruction (it is the identity). A PTI result whose
+    tuned generator was released (:class:`TunedCache`) is dropped from the returned state (the caller can tell
+    the visitor); when it is the only result, :class:`SessionError` says to run PTI again."""
     if not state.results:
         raise SessionError("Invert the photo first (step 2).")
+    freed = [m for m, r in state.results.items() if r.tuned is not None and r.tuned.generator is None]
+    if freed:
+        if len(freed) == len(state.results):
+            state.results[freed[0]].full_inversion()  # raises the plain message
+        state = replace(state, results={m: r for m, r in state.results.items() if m not in freed})
     spec = get_edit(name)
     if spec.generators is not None and models.family.edit_kind not in spec.generators:
         raise SessionError(f"The edit {spec.label!r} is made for the FFHQ generator; choose another edit.")
