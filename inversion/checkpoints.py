@@ -223,6 +223,26 @@ BUNDLED: dict[str, BundledFile] = {
             features=frozenset({"editing"}),
             description="GANSpace PCA of FFHQ W (mean, 80 components, std)",
         ),
+        BundledFile(
+            name="builtin_models",
+            paths=("inversion/data/builtin_g128.safetensors", "inversion/data/builtin_g128.json",
+                   "inversion/data/builtin_psp128.safetensors", "inversion/data/builtin_psp128.json",
+                   "inversion/data/builtin_e4e128.safetensors", "inversion/data/builtin_e4e128.json"),
+            license="MIT (this project; trained on procedural faces)",
+            license_file="inversion/data/LICENSE-builtin.txt",
+            source="training/train_gan.py, training/train_encoders.py (see training/README.md)",
+            features=frozenset({"generator", "psp", "e4e"}),
+            description="Built-in offline model set: 128 px StyleGAN2, pSp and e4e encoders",
+        ),
+        BundledFile(
+            name="attribute_regressor",
+            paths=("inversion/data/attributes_128.safetensors", "inversion/data/attributes_128.json"),
+            license="MIT (this project; trained on procedural faces)",
+            license_file="inversion/data/LICENSE-builtin.txt",
+            source="training/train_attributes.py",
+            features=frozenset({"editing"}),
+            description="Attribute regressor for the built-in faces (edit faithfulness, feature distance)",
+        ),
     )
 }
 
