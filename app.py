@@ -235,19 +235,24 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
     tuned = S.TunedCache(pti_keep)
 
     def _keeping_tuned(fn: Callable) -> Callable:
-        """Hand the states ``fn`` returns to the PTI generator cache, in this process (on ZeroGPU ``fn`` runs in
-        another one, and its states come back as copies)."""
+        """Hand the states ``fn`` returns (first output) to the PTI generator cache, in this process (on ZeroGPU
+        ``fn`` runs in another one, and its states come back as copies)."""
+        def each(outputs: Any):
+            for out in outputs:
+                tuned.keep(out[0])
+                yield out
+
         if inspect.isgeneratorfunction(fn):
             @functools.wraps(fn)
             def gen_wrapper(*args: Any, **kwargs: Any):
-                for out in fn(*args, **kwargs):
-                    tuned.keep(out[0])
-                    yield out
+                yield from each(fn(*args, **kwargs))
             return gen_wrapper
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any):
             out = fn(*args, **kwargs)
+            if inspect.isgenerator(out):  # a wrapper that hides its generator function
+                return each(out)
             tuned.keep(out[0])
             return out
         return wrapper
