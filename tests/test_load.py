@@ -210,6 +210,34 @@ def test_visitor_photos_are_told_apart(expected):
             assert np.abs(a.codes - b.codes).max() > 30 * CODES_TOLERANCE
 
 
+def test_tuned_cache_keeps_the_most_recent_and_follows_states():
+    """The design the load test checks end to end: at most ``capacity`` tuned generators over all visitors (least
+    recently used released first), held weakly (a dropped state takes its generator along)."""
+    import torch
+
+    from inversion.result import Inversion
+
+    def state_with_pti() -> S.VisitorState:
+        inv = Inversion(method="pti", w_plus=torch.zeros(1, 2, 4), image=torch.zeros(1, 3, 4, 4))
+        result = S.MethodResult("pti", "tiny", "fast", inv, {}, tuned=S.TunedGenerator(torch.nn.Linear(2, 2)))
+        return S.VisitorState(results={"pti": result})
+
+    cache = S.TunedCache(2)
+    a, b, c = state_with_pti(), state_with_pti(), state_with_pti()
+    for state in (a, b):
+        cache.keep(state)
+    cache.keep(a)  # a used again: b is now the oldest
+    cache.keep(c)
+    assert len(cache) == 2 and b.results["pti"].tuned.generator is None
+    assert a.results["pti"].tuned.generator is not None and c.results["pti"].tuned.generator is not None
+    with pytest.raises(S.SessionError, match="Run PTI again"):
+        b.results["pti"].full_inversion()
+    assert a.results["pti"].full_inversion().generator is a.results["pti"].tuned.generator
+    del a
+    gc.collect()
+    assert len(cache) == 1
+
+
 def _submit(c: Client, run: Run, visitor: int, endpoint: str, *args: Any) -> Optional[Any]:
     """One request; polls its status (queue position) until done. Returns the outputs, or None on an AppError."""
     start = time.perf_counter()
