@@ -74,6 +74,7 @@ def modulated_conv2d(
     blur_kernel: Optional[torch.Tensor] = None,
     gain: float = 1.0,
     bias: Optional[torch.Tensor] = None,
+    grouped: Optional[bool] = None,
 ) -> torch.Tensor:
     """StyleGAN2 modulated convolution: ``gain * modconv(x) + bias``.
 
@@ -81,24 +82,22 @@ def modulated_conv2d(
     Returns (N, O, H, W), or (N, O, 2H, 2W) with ``upsample`` (transposed conv stride 2, then
     the 4x4 ``blur_kernel`` with padding 1, as the reference does).
 
-    Two exact formulations: for one sample the style, demodulation and gain are folded into the
-    weight (no full-size elementwise passes, best on CPU); for a batch the activations are scaled
-    before and after one shared-weight convolution (no grouped conv, no per-sample weights).
+    Two exact formulations. ``grouped``: style, demodulation and gain folded into per-sample weights,
+    one grouped convolution (no full-size elementwise passes; used for one sample, and for batches on
+    CUDA, where an H200 measured it faster than the other form). Otherwise the activations are scaled
+    before and after one shared-weight convolution (no per-sample weights; used for CPU batches).
+    ``None`` picks as just described.
     """
     acc = torch.promote_types(weight.dtype, torch.float32)  # styles/demodulation in >= float32
-    if x.shape[0] == 1:
-        with torch.autocast(x.device.type, enabled=False):
-            w = weight.to(acc) * styles[0].to(acc)[None, :, None, None]
-            if demodulate:
-                w = w * torch.rsqrt(w.square().sum(dim=(1, 2, 3)) + 1e-8)[:, None, None, None]
-            w = w * gain
-        if upsample:
-            y = F.conv_transpose2d(x, w.transpose(0, 1).to(x.dtype), stride=2)
-            return blur(y, blur_kernel, pad=1, bias=bias)
-        return F.conv2d(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype), padding=w.shape[-1] // 2)
+    n = x.shape[0]
+    if grouped is None:
+        grouped = n == 1 or x.is_cuda
+    if grouped:
+        return _modconv_folded(x, weight, styles, demodulate=demodulate, upsample=upsample,
+                               blur_kernel=blur_kernel, gain=gain, bias=bias, acc=acc)
 
     with torch.autocast(x.device.type, enabled=False):
-        scale = torch.full((x.shape[0], weight.shape[0]), gain, dtype=acc, device=x.device)
+        scale = torch.full((n, weight.shape[0]), gain, dtype=acc, device=x.device)
         if demodulate:
             w2 = weight.to(acc).square().sum(dim=(2, 3))  # (O, I)
             scale = scale * torch.rsqrt(styles.to(acc).square() @ w2.t() + 1e-8)  # (N, O)
@@ -112,6 +111,27 @@ def modulated_conv2d(
     if bias is None:
         return y * scale
     return torch.addcmul(bias.to(y.dtype).view(1, -1, 1, 1), y, scale)
+
+
+def _modconv_folded(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *, demodulate: bool,
+                    upsample: bool, blur_kernel: Optional[torch.Tensor], gain: float,
+                    bias: Optional[torch.Tensor], acc: torch.dtype) -> torch.Tensor:
+    """Per-sample weights (style, demodulation and gain folded in), one grouped convolution for the batch."""
+    n, c_in, h, w_ = x.shape
+    c_out, k = weight.shape[0], weight.shape[-1]
+    with torch.autocast(x.device.type, enabled=False):
+        w = weight.to(acc)[None] * styles.to(acc)[:, None, :, None, None]  # (N, O, I, k, k)
+        if demodulate:
+            w = w * torch.rsqrt(w.square().sum(dim=(2, 3, 4)) + 1e-8)[:, :, None, None, None]
+        w = w * gain
+    if n > 1:
+        x = x.reshape(1, n * c_in, h, w_)  # NCHW: samples become groups
+    if upsample:
+        y = F.conv_transpose2d(x, w.transpose(1, 2).reshape(n * c_in, c_out, k, k).to(x.dtype), stride=2, groups=n)
+        return blur(y.reshape(n, c_out, *y.shape[-2:]), blur_kernel, pad=1, bias=bias)
+    b = None if bias is None else bias.to(x.dtype).repeat(n)
+    y = F.conv2d(x, w.reshape(n * c_out, c_in, k, k).to(x.dtype), b, padding=k // 2, groups=n)
+    return y.reshape(n, c_out, *y.shape[-2:])
 
 
 # ----------------------------------------------------------------------------- layers
@@ -158,12 +178,12 @@ class ModulatedConv2d(nn.Module):
         self.upsample = upsample
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, *, gain: float = 1.0,
-                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+                bias: Optional[torch.Tensor] = None, grouped: Optional[bool] = None) -> torch.Tensor:
         styles = self.modulation(w)
         return modulated_conv2d(
             x, self.weight[0] * self.scale, styles, demodulate=self.demodulate,
             upsample=self.upsample, blur_kernel=self.blur.kernel if self.upsample else None,
-            gain=gain, bias=bias,
+            gain=gain, bias=bias, grouped=grouped,
         )
 
 
@@ -201,10 +221,11 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection()
         self.activate = FusedBiasActivation(out_ch)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor, *,
+                grouped: Optional[bool] = None) -> torch.Tensor:
         # lrelu(z) * sqrt2 == lrelu(sqrt2 * z): the gain is folded into the conv, bias and noise strength,
         # so conv + bias is one op and only the noise add and the activation touch the full tensor.
-        y = self.conv(x, w, gain=SQRT2, bias=self.activate.bias * SQRT2)
+        y = self.conv(x, w, gain=SQRT2, bias=self.activate.bias * SQRT2, grouped=grouped)
         n = noise.to(y.dtype) * (self.noise.weight.to(y.dtype) * SQRT2)
         if _inplace_ok(y):
             return F.leaky_relu_(y.add_(n), 0.2)
@@ -222,8 +243,9 @@ class ToRGB(nn.Module):
             self.upsample = _KernelHolder(fir_kernel(blur_taps, gain=4.0))
         self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
-        out = self.conv(x, w, bias=self.bias.view(-1))
+    def forward(self, x: torch.Tensor, w: torch.Tensor, skip: Optional[torch.Tensor] = None, *,
+                grouped: Optional[bool] = None) -> torch.Tensor:
+        out = self.conv(x, w, bias=self.bias.view(-1), grouped=grouped)
         if skip is not None:
             out = out + upsample2x(skip, self.upsample.kernel).to(out.dtype)
         return out
@@ -340,24 +362,41 @@ class Generator(nn.Module):
         return noise
 
     def synthesis(self, ws: torch.Tensor, noise: NoiseSpec = None, *,
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                  generator: Optional[torch.Generator] = None, mode: str = "auto") -> torch.Tensor:
         """W+ codes (N, n_latent, style_dim) -> images (N, 3, size, size).
 
         ``noise``: None uses the stored ``noises.noise_i`` buffers (deterministic); ``"random"``
         draws fresh maps from ``generator``; a list of ``num_layers`` tensors, each (1 or N, 1, R, R),
         is used as given (order: conv1, then convs[0], convs[1], ...).
+
+        ``mode`` picks the (numerically equivalent) batch formulation: ``"folded"`` (per-sample weights,
+        one grouped conv), ``"scaled"`` (activation scaling around shared-weight convs), ``"per_sample"``
+        (one folded pass per sample) or ``"auto"``: folded on CUDA and for one sample, per-sample for
+        CPU batches (measured on a 2-core CPU at 1024, bf16, batch 5: 2.3 s per-sample vs 9.8 s scaled
+        vs 23 s folded).
         """
         if ws.dim() != 3 or ws.shape[1] != self.n_latent or ws.shape[2] != self.style_dim:
             raise ValueError(f"ws must be (N, {self.n_latent}, {self.style_dim}), got {tuple(ws.shape)}")
+        if mode not in ("auto", "folded", "scaled", "per_sample"):
+            raise ValueError(f"unknown synthesis mode {mode!r}")
         n = ws.shape[0]
         noises = self.noise_list(noise, n, like=ws, generator=generator)
-        x = self.input(n).contiguous(memory_format=torch.channels_last)  # NHWC: faster convs on CPU and GPU
-        x = self.conv1(x, ws[:, 0], noises[0])
-        skip = self.to_rgb1(x, ws[:, 1])
+        if n > 1 and (mode == "per_sample" or (mode == "auto" and not ws.is_cuda)):
+            return torch.cat([
+                self._synthesize(ws[i:i + 1], [m if m.shape[0] == 1 else m[i:i + 1] for m in noises], grouped=True)
+                for i in range(n)])
+        return self._synthesize(ws, noises, grouped={"folded": True, "scaled": False}.get(mode))
+
+    def _synthesize(self, ws: torch.Tensor, noises: list[torch.Tensor], *, grouped: Optional[bool]) -> torch.Tensor:
+        x = self.input(ws.shape[0])
+        if ws.shape[0] == 1 or grouped is False:  # NHWC: faster convs; batched groups want NCHW
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.conv1(x, ws[:, 0], noises[0], grouped=grouped)
+        skip = self.to_rgb1(x, ws[:, 1], grouped=grouped)
         for k, to_rgb in enumerate(self.to_rgbs):
-            x = self.convs[2 * k](x, ws[:, 2 * k + 1], noises[2 * k + 1])
-            x = self.convs[2 * k + 1](x, ws[:, 2 * k + 2], noises[2 * k + 2])
-            skip = to_rgb(x, ws[:, 2 * k + 3], skip)
+            x = self.convs[2 * k](x, ws[:, 2 * k + 1], noises[2 * k + 1], grouped=grouped)
+            x = self.convs[2 * k + 1](x, ws[:, 2 * k + 2], noises[2 * k + 2], grouped=grouped)
+            skip = to_rgb(x, ws[:, 2 * k + 3], skip, grouped=grouped)
         return skip.contiguous()
 
     def forward(self, styles: Sequence[torch.Tensor], *, input_is_latent: bool = False,
