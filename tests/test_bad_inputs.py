@@ -3,7 +3,8 @@ with the tiny in-memory models (offline, CPU).
 
 For every case: the visitor reads the expected plain message (no traceback, no class names, no server paths), the
 app keeps serving (a queued request right after is answered by its handler), and at the end, once the visitors'
-states are dropped, resident memory is back near its baseline.
+states are dropped, resident memory is back near its baseline. Each case's message is written to
+``$STYLEGAN_BAD_INPUTS_REPORT`` (default ``<tmp>/stylegan2_bad_inputs_report.json``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import math
 import os
 import re
 import socket
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -223,4 +225,8 @@ def test_memory_returns_to_baseline(server):
     growth = settled_rss_mb() - server.baseline
     print(f"\nRSS baseline {server.baseline:.0f} MiB, after the corpus {server.baseline + growth:.0f} MiB "
           f"(+{growth:.0f} MiB, bound {MEMORY_BOUND_MB:.0f})")
+    report = Path(os.environ.get("STYLEGAN_BAD_INPUTS_REPORT")
+                  or Path(tempfile.gettempdir()) / "stylegan2_bad_inputs_report.json")
+    report.write_text(json.dumps({"cases": server.results, "rss_baseline_mib": round(server.baseline, 1),
+                                  "rss_growth_mib": round(growth, 1), "bound_mib": MEMORY_BOUND_MB}, indent=2))
     assert growth < MEMORY_BOUND_MB
