@@ -99,8 +99,6 @@ def _ganspace_named(name: str, label: str, component: int, start: int, end: int,
 # ``python -m training.fit_directions`` to editing/data/builtin_<attribute>.safetensors, with the fit and
 # faithfulness numbers in editing/data/builtin_directions.json. Strengths are distances in W along the unit
 # direction; fit_directions prints suggested values (about 2 and 4 projection standard deviations).
-# Not yet in EDITS: add ``*BUILTIN_EDITS`` to EDITS once the files exist (tests that list the registry's names,
-# tests/test_editing.py and tests/test_session.py, then need the built-in names).
 
 BUILTIN = "builtin"
 """Generator kind of the built-in 128 px generator (``inversion.models.FAMILIES["builtin"].edit_kind``)."""
@@ -115,15 +113,15 @@ def _builtin(attribute: str, label: str, default: float, limit: float) -> EditSp
                     license="made by this project (training/fit_directions.py); same terms as the project")
 
 
-BUILTIN_EDITS: tuple[EditSpec, ...] = (
-    _builtin("smile", "Smile", 2.0, 6.0),
-    _builtin("age", "Age", 2.0, 6.0),
-    _builtin("yaw", "Head turn", 2.0, 6.0),
-    _builtin("glasses", "Glasses", 2.0, 6.0),
-    _builtin("hair_color", "Hair colour", 2.0, 6.0),
-    _builtin("hair_length", "Hair length", 2.0, 6.0),
-    _builtin("eye_open", "Eye openness", 2.0, 6.0),
-    _builtin("light", "Light direction", 2.0, 6.0),
+BUILTIN_EDITS: tuple[EditSpec, ...] = (  # strengths as fit_directions suggested (2 and 4 projection std)
+    _builtin("smile", "Smile", 1.32, 2.64),
+    _builtin("age", "Age", 2.04, 4.08),
+    _builtin("yaw", "Head turn", 1.12, 2.24),
+    _builtin("glasses", "Glasses", 1.22, 2.45),
+    _builtin("hair_color", "Hair colour", 2.52, 5.03),
+    _builtin("hair_length", "Hair length", 1.47, 2.93),
+    _builtin("eye_open", "Eye openness", 1.18, 2.36),
+    _builtin("light", "Light direction", 3.39, 6.77),
 )
 
 # ----------------------------------------------------------------------------- the registry
@@ -145,6 +143,7 @@ EDITS: tuple[EditSpec, ...] = (
              strength_range=(-15.0, 15.0),
              source="SeFa (Shen & Zhou 2021) closed-form factorization of the style-modulation weights",
              license=_DERIVED),
+    *BUILTIN_EDITS,
 )
 
 EDITS_BY_NAME: Mapping[str, EditSpec] = MappingProxyType({e.name: e for e in EDITS})

@@ -139,7 +139,9 @@ def test_registry_entries() -> None:
         assert e.file is None or (DATA_DIR / e.file).is_file()
         assert e.mode == ("target" if e.name in published else "offset")
     assert {e.name for e in list_edits(None)} == {"ganspace", "sefa"}
-    assert {e.name for e in list_edits(FFHQ)} == names
+    assert {e.name for e in list_edits(FFHQ)} == {e.name for e in EDITS if e.generators is None or FFHQ in e.generators}
+    assert {e.name for e in list_edits("builtin")} == {"ganspace", "sefa"} | {
+        f"builtin_{a}" for a in ("smile", "age", "yaw", "glasses", "hair_color", "hair_length", "eye_open", "light")}
     with pytest.raises(EditError, match="unknown edit"):
         get_edit("nope")
 
