@@ -36,9 +36,14 @@ from inversion.models import Family  # noqa: E402
 from tiny_models import SIZE, TinyModelSet, tiny_model_set  # noqa: E402
 
 CASES = B.corpus()
-MEMORY_BOUND_MB = 120.0
-"""RSS growth allowed after the corpus once the visitors' states are gone (measured: ~35-60 MB on a 2-core CPU box,
-mostly one-time imports and gradio's per-session bookkeeping of ~90 sessions)."""
+MEMORY_BOUND_MB = 200.0
+"""RSS growth allowed after the corpus once the visitors' states are gone: one-time growth (image plug-ins and code
+paths used for the first time, allocator pools, gradio's bookkeeping of ~90 sessions). Measured 69-115 MiB on a
+shared 2-core CPU box."""
+REPEAT_BOUND_MB = 80.0
+"""RSS growth allowed for a second pass over the heaviest inputs: nothing accumulates (repeated passes measured
+within 144-182 MiB of a cold start: allocator noise of +-20 MiB; one leaked 8000x8000 photo would add >= 50 MiB
+per visitor, and the object check above finds any leaked visitor data exactly)."""
 LEAK_MARKERS = re.compile(r"Traceback|File \"|site-packages|\b[A-Z][A-Za-z]*(Error|Exception)\b|\bat 0x[0-9a-f]+")
 
 
@@ -209,7 +214,8 @@ def test_plain_gradio_client_refuses_nan(server):
 
 
 def test_memory_returns_to_baseline(server):
-    """Once the corpus' visitors are gone (their states dropped as on expiry), RSS is back near the baseline."""
+    """Once the corpus' visitors are gone (their states dropped as on expiry), RSS is back near the baseline, and a
+    second pass over the heaviest inputs (8000x8000, 20000x200, bombs) adds nothing."""
     if len(server.results) < len(CASES):  # run alone: go through the heavy cases here
         for case in (c for c in CASES if c.heavy):
             call(visitor(server, case.setup, shared=False), case, server.folder)
@@ -222,11 +228,23 @@ def test_memory_returns_to_baseline(server):
     assert held() > 0, "the visitors' states should still be held before they are dropped"
     drop_states(server)
     assert held() == 0
-    growth = settled_rss_mb() - server.baseline
-    print(f"\nRSS baseline {server.baseline:.0f} MiB, after the corpus {server.baseline + growth:.0f} MiB "
-          f"(+{growth:.0f} MiB, bound {MEMORY_BOUND_MB:.0f})")
+    after = settled_rss_mb()
+    big = [o for o in gc.get_objects() if isinstance(o, (S.VisitorState, S.Photo))
+           or (isinstance(o, Image.Image) and o.width * o.height >= 1_000_000)]
+    assert not big, [type(o).__name__ for o in big]  # no photo, crop or state of a visitor is left anywhere
+    del big
+    for case in (c for c in CASES if c.heavy):
+        call(visitor(server, case.setup, shared=False), case, server.folder)
+    drop_states(server)
+    again = settled_rss_mb()
+    growth, regrowth = after - server.baseline, again - after
+    print(f"\nRSS baseline {server.baseline:.0f} MiB, after the corpus {after:.0f} MiB (+{growth:.0f}, bound "
+          f"{MEMORY_BOUND_MB:.0f}), after the heavy inputs again {again:.0f} MiB ({regrowth:+.0f}, bound "
+          f"{REPEAT_BOUND_MB:.0f})")
     report = Path(os.environ.get("STYLEGAN_BAD_INPUTS_REPORT")
                   or Path(tempfile.gettempdir()) / "stylegan2_bad_inputs_report.json")
     report.write_text(json.dumps({"cases": server.results, "rss_baseline_mib": round(server.baseline, 1),
-                                  "rss_growth_mib": round(growth, 1), "bound_mib": MEMORY_BOUND_MB}, indent=2))
+                                  "rss_after_corpus_mib": round(after, 1), "rss_after_repeat_mib": round(again, 1),
+                                  "bounds_mib": [MEMORY_BOUND_MB, REPEAT_BOUND_MB]}, indent=2))
     assert growth < MEMORY_BOUND_MB
+    assert regrowth < REPEAT_BOUND_MB
