@@ -111,6 +111,7 @@ def server(tmp_path_factory):
         info.probe = Client(info.url, verbose=False)
         drop_states(info)
         info.baseline = settled_rss_mb()
+        info.preexisting = {id(o) for o in _visitor_objects()}  # other tests' servers in this process
         yield info
     finally:
         demo.close()
@@ -214,6 +215,14 @@ def test_plain_gradio_client_refuses_nan(server):
         Client(server.url, verbose=False).predict("sefa", float("nan"), 0, 3, api_name="/edit")
 
 
+def _visitor_objects() -> list:
+    """Every live visitor state, photo, or image of a megapixel or more in this process."""
+    with warnings.catch_warnings():  # isinstance() on every live object pokes deprecated torch attributes
+        warnings.simplefilter("ignore")
+        return [o for o in gc.get_objects() if isinstance(o, (S.VisitorState, S.Photo))
+                or (isinstance(o, Image.Image) and o.width * o.height >= 1_000_000)]
+
+
 def test_memory_returns_to_baseline(server):
     """Once the corpus' visitors are gone (their states dropped as on expiry), RSS is back near the baseline, and a
     second pass over the heaviest inputs (8000x8000, 20000x200, bombs) adds nothing."""
@@ -230,10 +239,7 @@ def test_memory_returns_to_baseline(server):
     drop_states(server)
     assert held() == 0
     after = settled_rss_mb()
-    with warnings.catch_warnings():  # isinstance() on every live object pokes deprecated torch attributes
-        warnings.simplefilter("ignore")
-        big = [o for o in gc.get_objects() if isinstance(o, (S.VisitorState, S.Photo))
-               or (isinstance(o, Image.Image) and o.width * o.height >= 1_000_000)]
+    big = [o for o in _visitor_objects() if id(o) not in server.preexisting]
     assert not big, [type(o).__name__ for o in big]  # no photo, crop or state of a visitor is left anywhere
     del big
     for case in (c for c in CASES if c.heavy):
