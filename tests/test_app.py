@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 from inversion.models import Family  # noqa: E402
 from tiny_models import N_LATENT, SIZE, STYLE_DIM, TinyModelSet, tiny_model_set  # noqa: E402
+from app_server import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER = ROOT / "examples" / "grace_hopper.jpg"
@@ -36,12 +36,6 @@ class BrokenModelSet(TinyModelSet):
 
     def generator(self):
         raise RuntimeError("secret internal detail /srv/weights")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

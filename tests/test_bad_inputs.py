@@ -8,13 +8,11 @@ states are dropped, resident memory is back near its baseline. Each case's messa
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import math
 import os
 import re
-import socket
 import tempfile
 import warnings
 from pathlib import Path
@@ -35,6 +33,7 @@ from inversion import session as S  # noqa: E402
 from inversion.checkpoints import CheckpointMissingError  # noqa: E402
 from inversion.models import Family  # noqa: E402
 from tiny_models import SIZE, TinyModelSet, tiny_model_set  # noqa: E402
+from app_server import free_port, settled_rss_mb  # noqa: E402
 
 CASES = B.corpus()
 MEMORY_BOUND_MB = 200.0
@@ -63,29 +62,6 @@ class PartialModelSet(TinyModelSet):
         if kind == "e4e":
             raise CheckpointMissingError("weight file tiny_e4e.pt is missing")
         return super()._load_encoder(kind)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb() -> float:
-    """Resident memory of this process (the app runs in it), MiB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def settled_rss_mb() -> float:
-    """RSS after a full garbage collection and, on glibc, after giving freed heap pages back to the system
-    (what the app still holds, not what the allocator keeps cached for reuse)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    return rss_mb()
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ import errno
 import hashlib
 import io
 import os
-import socket
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from app_server import free_port  # noqa: E402
 import torch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -50,12 +50,6 @@ def hf_env(tmp_path, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     return tmp_path / "hf-cache"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------------ contents

@@ -13,11 +13,9 @@ visitors; all gone once the visitors' states are dropped).
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -38,6 +36,7 @@ from gradio_client.utils import Status  # noqa: E402
 
 from inversion import session as S  # noqa: E402
 from tiny_models import SIZE, tiny_model_set  # noqa: E402
+from app_server import free_port, rss_mb, settled_rss_mb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER = ROOT / "examples" / "grace_hopper.jpg"
@@ -112,26 +111,6 @@ class Run:
     def add(self, record: Record) -> None:
         with self.lock:
             self.records.append(record)
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def settled_rss_mb() -> float:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    return rss_mb()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _small(image: Image.Image) -> np.ndarray:

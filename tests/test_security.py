@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -32,17 +31,12 @@ from inversion import checkpoints as ck  # noqa: E402
 from inversion.checkpoints import BackgroundDownloader  # noqa: E402
 from tests.hub_stand_in import HubStandIn  # noqa: E402
 from tiny_models import tiny_model_set  # noqa: E402
+from app_server import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER = ROOT / "examples" / "grace_hopper.jpg"
 FIXED_EXPORT_NAMES = {"aligned.png", "e4e_reconstruction.png", "e4e_wplus.npy", "settings.json",
                       "inversion_results.zip"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def inside(path: str | Path, folder: Path) -> bool:
