@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+
 from inversion.checkpoints import CheckpointError, check_state_dict
-from inversion.stylegan2 import Generator, generator_from_state_dict
+from inversion.stylegan2 import EqualLinear, Generator, generator_from_state_dict  # one EqualLinear for all models
 
 __all__ = [
     "BottleneckIRSE",
@@ -156,20 +157,6 @@ def stage_ends(units: Sequence[int]) -> list[int]:
 
 # --------------------------------------------------------------------------------------------------------------------
 # Heads
-
-
-class EqualLinear(nn.Module):
-    """Equalized-learning-rate linear layer: ``x @ (W * lr_mul / sqrt(in))^T + b * lr_mul`` (no activation)."""
-
-    def __init__(self, in_dim: int, out_dim: int, *, lr_mul: float = 1.0) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
-        self.bias = nn.Parameter(torch.zeros(out_dim))
-        self.scale = lr_mul / math.sqrt(in_dim)
-        self.lr_mul = lr_mul
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
 
 
 class GradualStyleBlock(nn.Module):
