@@ -103,11 +103,11 @@ def time_pair(fn_a: Callable[[], Any], fn_b: Callable[[], Any], *, device: torch
 
 # ----------------------------------------------------------------------------------------------- memory
 
-def _read_hwm_kib() -> Optional[int]:
+def _read_status_kib(field: str = "VmHWM") -> Optional[int]:
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         return None
@@ -141,13 +141,16 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
             out["peak_mem_kind"] = "cuda max_memory_allocated"
         return
     reset = _reset_hwm()
+    rss0 = _read_status_kib("VmRSS")
     try:
         yield out
     finally:
-        hwm = _read_hwm_kib() if reset else None
+        hwm = _read_status_kib("VmHWM") if reset else None
         if hwm is not None:
             out["peak_mem_mb"] = round(hwm / 1024, 1)
-            out["peak_mem_kind"] = "process peak RSS (VmHWM, reset before)"
+            if rss0 is not None:
+                out["peak_mem_above_start_mb"] = round((hwm - rss0) / 1024, 1)
+            out["peak_mem_kind"] = "process peak RSS (VmHWM, reset before; includes every loaded model)"
         else:
             out["peak_mem_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
             out["peak_mem_kind"] = "process peak RSS since start (ru_maxrss)"

@@ -31,6 +31,17 @@ def _ms(s: Optional[float]) -> str:
     return "–" if s is None else (f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s")
 
 
+def impl_name(r: dict) -> str:
+    """Display name of an implementation; our paired runs say which reference they were interleaved with."""
+    if r.get("impl") == PAIRED:
+        return f"ours (paired with {str(r.get('paired_with', '?')).split('/')[0]})"
+    return r.get("impl", "?")
+
+
+def _ms_or(s: Optional[float]) -> Optional[float]:
+    return None if s is None else s * 1e3
+
+
 def _table(header: list[str], rows: Iterable[list[Any]]) -> list[str]:
     rows = list(rows)
     if not rows:
@@ -192,9 +203,9 @@ def markdown(res: dict) -> str:
         lines.append("")
 
     lines += ["## Synthesis (no grad)", ""]
-    lines += _table(["impl", "size", "variant", "batch", "ms per call", "img/s", "peak MiB",
+    lines += _table(["impl", "size", "variant", "batch", "ms per call", "min ms", "img/s", "peak MiB",
                      "rel. error vs fp32 / vs ours", "n"],
-                    [[r["impl"], r.get("size"), r["variant"], r["batch"], r["median_s"] * 1e3, r["img_per_s"], r.get("peak_mem_mb"),
+                    [[impl_name(r), r.get("size"), r["variant"], r["batch"], r["median_s"] * 1e3, _ms_or(r.get("min_s")), r["img_per_s"], r.get("peak_mem_mb"),
                       r.get("rel_err_vs_fp32", r.get("rel_err_vs_ours")), r.get("n")]
                      for r in sorted(_recs(res, "synthesis"), key=lambda r: (r["impl"] != OURS, r["batch"], r["median_s"]))])
 
@@ -202,8 +213,9 @@ def markdown(res: dict) -> str:
     if enc:
         lines += [f"## Encoders (256 px input; end to end = encode + average latent + {meta.get('size', 1024)} px "
                   "synthesis)", ""]
-        lines += _table(["part", "impl", "variant", "batch", "ms per call", "img/s", "peak MiB"],
-                        [[r["part"], r["impl"], r["variant"], r["batch"], r["median_s"] * 1e3, r["img_per_s"],
+        lines += _table(["part", "impl", "variant", "batch", "ms per call", "min ms", "img/s", "peak MiB"],
+                        [[r["part"], impl_name(r), r["variant"], r["batch"], r["median_s"] * 1e3, _ms_or(r.get("min_s")),
+                          r["img_per_s"],
                           r.get("peak_mem_mb")] for r in sorted(enc, key=lambda r: (r["part"], r["impl"] != OURS,
                                                                                    r["batch"], r["median_s"]))])
 
@@ -236,8 +248,8 @@ def markdown(res: dict) -> str:
     if size:
         lines += ["## Scaling with image size (synthesis, config-f at each size)", ""]
         lines += _table(["impl", "size", "variant", "batch", "ms per call", "ms per image"],
-                        [[r["impl"], r["size"], r["variant"], r["batch"], r["median_s"] * 1e3, r["per_image_s"] * 1e3]
-                         for r in sorted(size, key=lambda r: (r["impl"], r["variant"], r["batch"], r["size"]))])
+                        [[impl_name(r), r["size"], r["variant"], r["batch"], r["median_s"] * 1e3, r["per_image_s"] * 1e3]
+                         for r in sorted(size, key=lambda r: (impl_name(r), r["variant"], r["batch"], r["size"]))])
     steps = _recs(res, "steps scaling")
     if steps:
         lines += ["## Scaling with steps (whole W+ optimization, no early stop)", ""]
@@ -279,19 +291,19 @@ def markdown(res: dict) -> str:
 def panels(res: dict) -> list[dict]:
     out = []
     series = []
-    for impl in [OURS] + sorted({r["impl"] for r in _recs(res, "synthesis")} - {OURS}):
-        recs = _recs(res, "synthesis", impl)
+    syn = _recs(res, "synthesis")
+    for impl in [OURS] + sorted({impl_name(r) for r in syn} - {OURS}):
+        recs = [r for r in syn if impl_name(r) == impl]
         for variant in sorted({r["variant"] for r in recs}):
             pts = sorted((r["batch"], r["img_per_s"]) for r in recs if r["variant"] == variant)
-            label = (f"ours {variant}" if impl == OURS else "ours fp32 (paired run)" if impl == PAIRED
-                     else f"{impl.split(' (')[0]} {variant}")
+            label = f"ours {variant}" if impl == OURS else f"{impl.split(' (')[0] if not impl.startswith('ours') else impl} {variant}"
             series.append({"label": label, "xs": [p[0] for p in pts], "ys": [p[1] for p in pts]})
     out.append({"title": "Synthesis: throughput vs batch", "xlabel": "batch", "ylabel": "images / s",
                 "logx": True, "logy": True, "series": series})
     series = []
     size = _recs(res, "size scaling")
-    for key in sorted({(r["impl"], r["variant"], r["batch"]) for r in size}):
-        pts = sorted((r["size"], r["per_image_s"] * 1e3) for r in size if (r["impl"], r["variant"], r["batch"]) == key)
+    for key in sorted({(impl_name(r), r["variant"], r["batch"]) for r in size}):
+        pts = sorted((r["size"], r["per_image_s"] * 1e3) for r in size if (impl_name(r), r["variant"], r["batch"]) == key)
         series.append({"label": f"{'ours' if key[0] == OURS else key[0].split('/')[0]} {key[1]} b{key[2]}",
                        "xs": [p[0] for p in pts], "ys": [p[1] for p in pts]})
     out.append({"title": "Synthesis time vs image size", "xlabel": "size (px)", "ylabel": "ms per image",

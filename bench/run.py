@@ -37,9 +37,9 @@ def plan(device: torch.device, quick: bool) -> dict[str, Any]:
              "sizes": (256, 512, 1024), "size_batches": (1, 8), "steps_list": (50, 100, 200),
              "app_jobs": "all", "matched": True, "ref_cut": None, "q_samples": 2,
              "q_presets": ("fast", "balanced", "quality"), "warmup": 3, "repeats": 10, "call_budget": 8.0,
-             "budgets": {"quality": 40, "wait_builds": 60, "synthesis": 40, "encoders": 40, "optimization": 15,
+             "budgets": {"quality": 50, "wait_builds": 60, "synthesis": 40, "encoders": 40, "optimization": 15,
                          "pti": 12, "full": 60, "scaling": 20, "ref_synthesis": 45, "ref_encoders": 50,
-                         "matched_projector": 80, "matched_pti": 80}}
+                         "matched_projector": 80, "matched_pti": 100}}
         if quick:
             p.update({"synth_batches": (1, 8), "enc_batches": (1, 8), "opt_steps": 5, "pti_steps": 3,
                       "steps_list": (20, 40), "q_samples": 1, "q_presets": ("fast",), "repeats": 5,
