@@ -80,12 +80,14 @@ def app_run(ctx, models, method: str, preset: str, target: torch.Tensor, *, limi
     rec = {"part": "app run", "impl": "ours", "method": method, "preset": preset, "batch": 1, "median_s": seconds,
            "per_image_s": seconds, "steps_run": steps[0], "cut_at_budget": cut,
            "variant": "bf16 autocast" if (use_bf16(ctx.device) and method not in ("e4e", "psp")) else "fp32",
+           "autotune_note": "cuDNN benchmark on" if torch.backends.cudnn.benchmark and ctx.device.type == "cuda" else "",
            **mem}
     if inv is not None:
         with torch.no_grad():
             rec.update({"lpips": float(metrics.lpips_distance(lpips_model, inv.image.float(), target)[0]),
                         "mse": float(metrics.mse(inv.image.float(), target)[0]),
-                        "start": inv.info.get("start"), "stopped_early": inv.info.get("stopped_early")})
+                        "start": inv.info.get("start"),
+                        "stopped_early": inv.info.get("stopped_early", inv.info.get("hit_lpips_threshold"))})
     ctx.log(f"  app {method}/{preset}: {seconds:.2f} s, {steps[0]} steps" + (" (CUT)" if cut else "")
             + (f", start {rec.get('start')}" if rec.get("start") else ""))
     return rec

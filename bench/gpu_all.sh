@@ -5,7 +5,7 @@
 #
 # Needs python3 with a CUDA torch, safetensors, pillow, numpy (no gradio, no dlib, no network). The reference
 # repositories travel in .bench_refs/ (git-ignored, see bench/README.md); without them only our side runs.
-# Writes <OUT>/<gpu>/<gpu>.json, .md, .png and logs/ (OUT: the device tool's output folder, else bench/results),
+# Writes <OUT>/<gpu>.json, .md, .png and <gpu>_logs/ (OUT: the device tool's output folder, else bench/results),
 # and prints a compact table last. Every part has its own time budget inside bench.run; the whole run is also
 # capped here, and whatever finished is in the JSON/MD even when the cap is hit.
 set -u
@@ -18,8 +18,8 @@ case "$gpu" in
   *H100*) NAME=${BENCH_NAME:-h100} ;;
   *) NAME=${BENCH_NAME:-gpu} ;;
 esac
-DEST="$OUT_ROOT/$NAME"
-mkdir -p "$DEST"
+DEST="$OUT_ROOT/$NAME"   # -> $OUT/<gpu>.json, .md, .png and <gpu>_logs/
+mkdir -p "$OUT_ROOT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # build the reference ops for Hopper only
 export MAX_JOBS=${MAX_JOBS:-4}                              # per background build (three run at once)
@@ -35,6 +35,6 @@ ls .bench_refs 2>/dev/null | sed 's/^/reference repo: /' || echo "no .bench_refs
 timeout -k 15 "${BENCH_TIMEOUT:-525}" $PY -m bench.run --device cuda --out "$DEST" --budget "${BENCH_BUDGET:-480}" "$@"
 rc=$?
 [ $rc -eq 124 ] && echo "bench.run hit the ${BENCH_TIMEOUT:-525} s cap; the JSON/MD hold every part that finished"
-echo "== compact table (from $DEST/$NAME.json)"
-$PY -m bench.report "$DEST/$NAME.json" 2>&1 | tail -45
+echo "== compact table (from $DEST.json)"
+$PY -m bench.report "$DEST.json" 2>&1 | tail -45
 exit $rc

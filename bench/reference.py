@@ -158,6 +158,19 @@ def import_ada(device: torch.device) -> tuple[types.ModuleType, str]:
         dist.util = util
         sys.modules.update({"distutils": dist, "distutils.util": util})
     networks = importlib.import_module("training.networks")
+    import torch.utils.cpp_extension as ce
+
+    if not getattr(ce.load, "_registers_module", False):
+        real_load = ce.load
+
+        def load_and_register(*a, **k):
+            # NVlabs' custom_ops.get_plugin() imports the built module by name, which torch >= 1.x's load() no
+            # longer puts in sys.modules: register it (the build itself is unchanged)
+            module = real_load(*a, **k)
+            sys.modules[k.get("name") or a[0]] = module
+            return module
+        load_and_register._registers_module = True  # type: ignore[attr-defined]
+        ce.load = load_and_register
     if _no_jit("ada") or device.type != "cuda":
         custom_ops = importlib.import_module("torch_utils.custom_ops")
 
@@ -267,6 +280,10 @@ def _evaluate(lpips, image: torch.Tensor, target: torch.Tensor) -> dict[str, flo
         return {"lpips": float(metrics.lpips_distance(lpips, image.float(), target)[0]),
                 "lpips_raw": float(raw.mean()),  # unclamped, as the optimization losses see it
                 "mse": float(metrics.mse(image.float(), target)[0])}
+
+
+def _fmt_ms(s: float | None) -> str:
+    return "n/a" if s is None else f"{s * 1e3:.1f} ms"
 
 
 def _median(xs: list[float]) -> float | None:
@@ -524,8 +541,8 @@ def task_projector(args) -> dict:
     if len(stamps) == steps:
         out.update(_evaluate(lpips, final, target))
     else:
-        out["extrapolated_total_s"] = out["setup_s"] + steps * per_step
-    ctx.log(f"  projector (reference): {per_step * 1e3:.1f} ms/step, {len(stamps)}/{steps} steps, "
+        out["extrapolated_total_s"] = None if per_step is None else (out["setup_s"] or 0.0) + steps * per_step
+    ctx.log(f"  projector (reference): {_fmt_ms(per_step)}/step, {len(stamps)}/{steps} steps, "
             f"LPIPS {out.get('lpips', float('nan')):.4f}")
     return {"records": [out], "ops": ops, "errors": ctx.errors}
 
@@ -640,9 +657,10 @@ def task_pti(args) -> dict:
         out.update(_evaluate(lp_vgg, final, target))
     else:
         setup = (p_stamps[0] - t_start - pivot_step) if p_stamps and pivot_step else 0.0
-        out["extrapolated_total_s"] = setup + args.pivot_steps * (pivot_step or 0) + args.tune_steps * (tune_step or 0)
-    ctx.log(f"  PTI (reference): pivot {pivot_step and pivot_step * 1e3:.1f} ms/step, tune "
-            f"{tune_step and tune_step * 1e3:.1f} ms/step, total {out.get('total_s')}")
+        out["extrapolated_total_s"] = (None if pivot_step is None or tune_step is None else
+                                       setup + args.pivot_steps * pivot_step + args.tune_steps * tune_step)
+    ctx.log(f"  PTI (reference): pivot {_fmt_ms(pivot_step)}/step ({len(p_stamps)} steps), tune "
+            f"{_fmt_ms(tune_step)}/step ({len(t_stamps)} steps), total {out.get('total_s')}")
     records.append(dict(out, part="pti reference"))
     _flush(args, records, ada_ops_state(), ctx)
     del G, opt, lp_vgg, lp_alex

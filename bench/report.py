@@ -107,11 +107,6 @@ def headline(res: dict) -> list[dict]:
     return rows
 
 
-def app_variant(res: dict) -> str:
-    """The numeric mode the app uses for optimization/PTI on this device (inversion.methods: bf16 on CUDA)."""
-    return "bf16 autocast" if str(res.get("meta", {}).get("device", "")).startswith("cuda") else "fp32"
-
-
 def _q(q: dict) -> dict:
     return {k: q.get(k) for k in ("mse", "lpips", "identity", "code_spread")} if q else {}
 
@@ -222,15 +217,19 @@ def markdown(res: dict) -> str:
     opt = _recs(res, "opt step", OURS)
     if opt:
         lines += ["## Optimization steps (W / W+, started from a given code as the app does)", ""]
-        lines += _table(["space", "variant", "ms/step", "set-up s", "steps timed", "peak MiB"],
+        lines += _table(["space", "variant", "ms/step", "set-up s", "steps timed", "first 3 steps, cold (s)", "peak MiB"],
                         [[r["method"], r["variant"], r["per_step_s"] * 1e3, r["setup_s"], r["timed_steps"],
-                          r.get("peak_mem_mb")] for r in opt])
+                          r.get("cold_3_steps_s"), r.get("peak_mem_mb")] for r in opt])
     pti = _recs(res, "pti step", OURS)
     if pti:
         lines += ["## PTI steps (stage 1: W pivot; stage 2: tuning a generator copy)", ""]
-        lines += _table(["variant", "ms/pivot step", "ms/tuning step", "set-up 1 s", "set-up 2 s", "peak MiB"],
+        lines += _table(["variant", "ms/pivot step", "ms/tuning step", "set-up 1 s", "set-up 2 s",
+                         "first 2+2 steps, cold (s)", "peak MiB"],
                         [[r["variant"], r["pivot_per_step_s"] * 1e3, r["tune_per_step_s"] * 1e3, r["setup1_s"],
-                          r["setup2_s"], r.get("peak_mem_mb")] for r in pti])
+                          r["setup2_s"], r.get("cold_2_plus_2_steps_s"), r.get("peak_mem_mb")] for r in pti])
+    if opt or pti:
+        lines += ["\"cold\" = the first short run on a fresh process (cuDNN autotuning of the backward passes when "
+                  "cuDNN benchmark is on); the per-step numbers are warm.", ""]
     est = _recs(res, "app estimate", OURS)
     if est:
         lines += ["## Per preset, extrapolated from the steps (inversion.methods.APP_PRESETS; no early stop, so an "
@@ -240,10 +239,14 @@ def markdown(res: dict) -> str:
     runs = _recs(res, "app run", OURS)
     if runs:
         lines += ["## Whole runs of the app's code (inversion.methods.invert, early stop on, random weights)", ""]
-        lines += _table(["method", "preset", "variant", "seconds", "steps", "start", "cut at budget", "LPIPS", "MSE",
-                         "peak MiB"],
+        lines += _table(["method", "preset", "variant", "seconds", "steps", "start", "stopped early", "cut at budget",
+                         "LPIPS", "MSE", "peak MiB"],
                         [[r["method"], r["preset"], r["variant"], r["median_s"], r.get("steps_run"), r.get("start"),
-                          r.get("cut_at_budget"), r.get("lpips"), r.get("mse"), r.get("peak_mem_mb")] for r in runs])
+                          r.get("stopped_early"), r.get("cut_at_budget"), r.get("lpips"), r.get("mse"),
+                          r.get("peak_mem_mb")] for r in runs])
+        lines += ["Early stops here are on random weights and, for PTI, on the stand-in LPIPS's scale (PTI stops at "
+                  "LPIPS <= 0.06): a run that stopped after a few steps says little about real photos; the "
+                  "extrapolated table above gives the full-length cost.", ""]
     size = _recs(res, "size scaling")
     if size:
         lines += ["## Scaling with image size (synthesis, config-f at each size)", ""]

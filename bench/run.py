@@ -4,8 +4,8 @@
     python -m bench.run --device cuda --out bench/results/h100         # a GPU (see bench/gpu_all.sh)
     python -m bench.run --device cpu --quick --out /tmp/bench_smoke     # a fast smoke run
 
-Writes ``<out>/<name>.json`` (every number), ``<name>.md`` (tables) and ``<name>.png`` (plots), where ``name`` is
-the last part of ``--out``; the JSON/MD are rewritten after every part, so a run cut short keeps what it measured.
+Writes ``<out>.json`` (every number), ``<out>.md`` (tables), ``<out>.png`` (plots) and ``<out>_logs/``; the JSON/MD
+are rewritten after every part, so a run cut short keeps what it measured.
 Speed runs on seeded random weights of the FFHQ 1024 architecture (config-f); quality on the built-in model set.
 The original implementations run in subprocesses from ``.bench_refs/`` (see bench/README.md) when present.
 """
@@ -36,10 +36,11 @@ def plan(device: torch.device, quick: bool) -> dict[str, Any]:
         p = {"synth_batches": (1, 8, 32), "enc_batches": (1, 8, 32), "opt_steps": 20, "pti_steps": 15,
              "sizes": (256, 512, 1024), "size_batches": (1, 8), "steps_list": (50, 100, 200),
              "app_jobs": "all", "matched": True, "ref_cut": None, "q_samples": 2,
+             "projector_steps": 300, "pti_matched_steps": (150, 150),  # both sides, same steps; fits the budget
              "q_presets": ("fast", "balanced", "quality"), "warmup": 3, "repeats": 10, "call_budget": 8.0,
-             "budgets": {"quality": 50, "wait_builds": 60, "synthesis": 40, "encoders": 40, "optimization": 15,
-                         "pti": 12, "full": 60, "scaling": 20, "ref_synthesis": 45, "ref_encoders": 50,
-                         "matched_projector": 80, "matched_pti": 100}}
+             "budgets": {"quality": 40, "wait_builds": 60, "synthesis": 40, "encoders": 35, "optimization": 30,
+                         "pti": 25, "full": 45, "scaling": 20, "ref_synthesis": 45, "ref_encoders": 50,
+                         "matched_projector": 70, "matched_pti": 80}}
         if quick:
             p.update({"synth_batches": (1, 8), "enc_batches": (1, 8), "opt_steps": 5, "pti_steps": 3,
                       "steps_list": (20, 40), "q_samples": 1, "q_presets": ("fast",), "repeats": 5,
@@ -65,9 +66,9 @@ class Runner:
         self.plan = plan(self.device, args.quick)
         if args.repeats:
             self.plan["repeats"] = args.repeats
-        self.out = Path(args.out)
-        self.name = self.out.name
-        self.logs = self.out / "logs"
+        stem = Path(args.out)  # bench/results/cpu -> bench/results/cpu.json, .md, .png and cpu_logs/
+        self.out, self.name = stem.parent, stem.name
+        self.logs = self.out / f"{self.name}_logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix="bench_run_"))
         self.ctx = common.Context(self.device, quick=args.quick, deadline_s=args.budget, warmup=self.plan["warmup"],
@@ -314,7 +315,7 @@ class Runner:
         same number of steps; compares time and final LPIPS / MSE (and when ours reaches the reference's LPIPS)."""
         from inversion.optimize import optimize_latent
 
-        steps = self.args.matched_steps or 1000
+        steps = self.args.matched_steps or self.plan.get("projector_steps", 1000)
         cut = None if self.args.matched_steps else self.plan["ref_cut"]
         extra = ["--target", str(target_file), "--steps", str(steps), "--size", str(g.size)] + (
             ["--cut-steps", str(cut)] if cut else [])
@@ -331,7 +332,8 @@ class Runner:
                                    cancel=c.cancel, autocast=self.autocast)
         res, clock, secs, was_cut = self._ours_timed(call, limit_s=self._part_left("matched W+ optimization"))
         per_step = clock.per_step()
-        entry = {"kind": "projector", "what": f"W+ optimization, {steps} steps", "reference": ref["impl"],
+        entry = {"kind": "projector", "what": f"W+ optimization, {steps} steps" + (
+                     " (projector: 1000)" if steps != 1000 else ""), "reference": ref["impl"],
                  "ref_per_step_s": ref.get("per_step_s"), "ref_setup_s": ref.get("setup_s"),
                  "ours_per_step_s": per_step, "ref_peak_mem_mb": ref.get("peak_mem_mb"),
                  "ours_peak_mem_mb": clock.mem.get("peak_mem_mb"),
@@ -375,8 +377,9 @@ class Runner:
         from inversion.pti import PRESETS, pivotal_tuning
 
         q = PRESETS["quality"]
-        pivot_steps = self.args.matched_steps or q.pivot_steps
-        tune_steps = self.args.matched_steps or q.tune_steps
+        pivot_steps, tune_steps = self.plan.get("pti_matched_steps", (q.pivot_steps, q.tune_steps))
+        if self.args.matched_steps:
+            pivot_steps = tune_steps = self.args.matched_steps
         cut = None if self.args.matched_steps else self.plan["ref_cut"]
         extra = ["--target", str(target_file), "--pivot-steps", str(pivot_steps), "--tune-steps", str(tune_steps),
                  "--size", str(g.size), "--batches", *map(str, self.plan["synth_batches"])] + (
@@ -386,7 +389,8 @@ class Runner:
             return
         ref = next(r for r in data["records"] if r.get("part") == "pti reference")
         ref_complete = ref.get("pivot_steps_run") == pivot_steps and ref.get("tune_steps_run") == tune_steps
-        entry = {"kind": "pti", "what": f"PTI {pivot_steps}+{tune_steps} steps", "reference": ref["impl"],
+        entry = {"kind": "pti", "what": f"PTI {pivot_steps}+{tune_steps} steps" + (
+                     " (paper: 450+350)" if (pivot_steps, tune_steps) != (450, 350) else ""), "reference": ref["impl"],
                  "ref_peak_mem_mb": ref.get("peak_mem_mb"),
                  "note": "reference: PTI recipe (LPIPS-VGG pivot on 256 px with noise optimization; tuning with "
                  "L2 + LPIPS-Alex at full size); ours: pivotal_tuning (LPIPS-VGG at 256 px); no LPIPS-threshold "
@@ -464,8 +468,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description="Benchmark: speed, scaling and quality of every inversion method, "
                                 "ours and the original code side by side.")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    p.add_argument("--out", default=None, help="output folder; files are named after its last part "
-                   "(default bench/results/<device>)")
+    p.add_argument("--out", default=None, help="output path stem: writes STEM.json, STEM.md, STEM.png and "
+                   "STEM_logs/ (default bench/results/<device>)")
     p.add_argument("--quick", action="store_true", help="fewer sizes, steps and repeats (a smoke run)")
     p.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default: 490 on CUDA, "
                    "3600 on CPU); parts stop early to stay inside it")
