@@ -193,3 +193,84 @@ def test_stop_reaches_a_run_in_another_process(tmp_path):
     finally:
         if child.is_alive():
             child.kill()
+
+
+# ------------------------------------------------------------------------------------------ one request in the lanes
+
+def _lanes(tmp_path, estimates=None, device="cpu"):
+    from inversion.lanes import LanePlan
+    from inversion.scheduling import Lanes
+
+    return Lanes.create(device, plan=LanePlan(short=2, long=1, max_waiting=2),
+                        times=RunTimes(device, estimates, table_family="tiny"), board=StopBoard(tmp_path / "s"))
+
+
+def _request(lanes, visitor, methods, *, run_long=None, allow_long=False, stop=None, presets=None):
+    from inversion.scheduling import run_in_lanes
+
+    def run(ms, flag):
+        for m in ms:
+            yield ("result", m)
+
+    run_id, token = lanes.board.new_run()
+    return run_in_lanes(lanes, visitor=visitor, run_id=run_id, stop=stop or token, family="tiny", methods=methods,
+                        presets=presets or {m: "fast" for m in methods}, labels={m: m.upper() for m in methods},
+                        is_long=lambda m: m in ("w", "w+", "pti"), run_short=run, run_long=run_long or run,
+                        allow_long=allow_long, record=lambda item: (item[1], "fast", 12.0), poll_s=0.02)
+
+
+def test_encoders_first_then_the_long_lane(tmp_path):
+    from inversion.scheduling import Started
+
+    lanes = _lanes(tmp_path)
+    events = list(_request(lanes, "a", ["e4e", "psp", "w+"]))
+    assert events[:2] == [("result", "e4e"), ("result", "psp")]
+    assert isinstance(events[2], Started) and events[3] == ("result", "w+")
+    assert lanes.times.estimate("tiny", "w+", "fast") == 12.0  # its time now feeds the estimates
+    assert lanes.long.status()["running"] == 0  # the slot was given back
+
+
+def test_long_cpu_run_is_held_until_confirmed(tmp_path):
+    from inversion.scheduling import Held
+
+    lanes = _lanes(tmp_path, {"cpu": {"w+": {"quality": 1800.0}}})
+    events = list(_request(lanes, "a", ["e4e", "w+"], presets={"e4e": "default", "w+": "quality"}))
+    assert events[0] == ("result", "e4e") and isinstance(events[1], Held) and len(events) == 2
+    assert "~30 min" in events[1].message
+    events = list(_request(lanes, "a", ["w+"], presets={"w+": "quality"}, allow_long=True))
+    assert events[-1] == ("result", "w+")
+    gpu = _lanes(tmp_path, {"cuda": {"w+": {"quality": 1800.0}}}, device="cuda")
+    assert list(_request(gpu, "a", ["w+"], presets={"w+": "quality"}))[-1] == ("result", "w+")
+
+
+def test_second_long_request_of_a_visitor_and_a_queued_stop(tmp_path):
+    from inversion.result import Cancelled
+    from inversion.scheduling import Queued
+
+    lanes = _lanes(tmp_path)
+    release = threading.Event()
+
+    def slow(ms, flag):
+        release.wait(10)
+        for m in ms:
+            yield ("result", m)
+
+    first = _request(lanes, "a", ["w"], run_long=slow)
+    holder = threading.Thread(target=lambda: list(first))
+    holder.start()
+    _wait = time.monotonic() + 5
+    while lanes.long.status()["running"] == 0 and time.monotonic() < _wait:
+        time.sleep(0.01)
+    with pytest.raises(LaneError, match="already have a long run"):
+        next(_request(lanes, "a", ["e4e", "w+"]))  # refused before its encoder runs
+    run_id, token = lanes.board.new_run()
+    waiting = _request(lanes, "b", ["w+"], stop=token)
+    first_event = next(waiting)
+    assert isinstance(first_event, Queued) and first_event.info.position == 1
+    token.set()
+    with pytest.raises(Cancelled):
+        list(waiting)
+    assert lanes.long.status()["waiting"] == 0
+    release.set()
+    holder.join(10)
+    assert lanes.long.status()["running"] == 0
