@@ -4,7 +4,12 @@ UI only: the work is done by :mod:`inversion.session` (per-visitor logic) and th
 ``build_demo()`` builds the ``gr.Blocks``; nothing is downloaded or loaded at import: the weight downloader
 starts in :func:`main` (or on the first page load) and models load on first use.
 
-API (``gradio_client``): ``/align``, ``/invert``, ``/edit``, ``/paste_back``, ``/export``, ``/status``.
+API (``gradio_client``): ``/align``, ``/invert``, ``/stop``, ``/edit``, ``/paste_back``, ``/export``, ``/status``.
+
+Two lanes (:mod:`inversion.scheduling`): short work (align, the encoders, edits, paste-back, export) runs in the
+``short`` concurrency group and never waits behind the optimizing methods, which queue in the app's long lane (bounded
+slots, visible position and estimated start, one long run per visitor). Stop sets the run's stop flag (a file, so it
+reaches a ``spaces.GPU`` worker process too), polled between optimization steps.
 """
 from __future__ import annotations
 
@@ -14,7 +19,6 @@ import logging
 import math
 import os
 import tempfile
-import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -27,9 +31,11 @@ from inversion import session as S
 from inversion.align import AlignmentError, PredictorNotFoundError
 from inversion.checkpoints import BackgroundDownloader, CheckpointError, CheckpointMissingError
 from inversion.device import default_device
+from inversion.lanes import CONFIRM_OVER_S, LaneError, LanePlan, RunTimes
 from inversion.methods import METHODS, PRESETS
 from inversion.models import ModelSet
 from inversion.result import Cancelled
+from inversion.scheduling import Held, Lanes, Queued, Started, check_visitor, run_in_lanes
 
 try:  # Hugging Face ZeroGPU; optional
     import spaces  # type: ignore
@@ -45,7 +51,7 @@ STATE_TTL_S = 3600
 PTI_KEEP = 4
 """PTI-tuned generators kept alive for editing, over all visitors (an FFHQ copy is ~120 MB)."""
 DOWNLOAD_ORDER = ("dlib_landmarks", "stylegan2_ffhq", "vgg16", "e4e_ffhq", "irse50", "psp_ffhq")
-PLAIN_ERRORS = (AlignmentError, S.SessionError, EditError, CheckpointError, PredictorNotFoundError)
+PLAIN_ERRORS = (AlignmentError, S.SessionError, EditError, CheckpointError, PredictorNotFoundError, LaneError)
 OOPS = "Something went wrong on the server (details in the server log). Please try again."
 
 INTRO = """
@@ -200,13 +206,21 @@ def default_model_sets(device: Any, locate: Callable[[str], Path]) -> dict[str, 
     return {name: ModelSet(name, device=device, locate=locate) for name in ("ffhq", "builtin")}
 
 
+def _is_long(method: str) -> bool:
+    """The optimizing methods (they have presets) go to the long lane; the one-pass encoders do not."""
+    return METHODS[method].presets != ("default",)
+
+
 def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
-               downloader: Optional[BackgroundDownloader] = None, pti_keep: int = PTI_KEEP) -> gr.Blocks:
+               downloader: Optional[BackgroundDownloader] = None, pti_keep: int = PTI_KEEP,
+               lanes: Optional[LanePlan] = None, run_times: Optional[RunTimes] = None) -> gr.Blocks:
     """Build the app. ``model_sets`` (family key -> ModelSet, first = preferred) default to FFHQ + built-in, with
     a :class:`BackgroundDownloader` for their files (started on the first page load or by :func:`main`); when
     ``model_sets`` are given, ``downloader`` is used only if passed (tests inject tiny in-memory sets).
     ``pti_keep``: how many PTI-tuned generators the app keeps for editing, over all visitors (older ones are
-    freed; their visitors are asked to run PTI again)."""
+    freed; their visitors are asked to run PTI again). ``lanes`` sizes the short and long lanes (default: from the
+    device, :func:`inversion.lanes.plan_for`); ``run_times`` gives the long lane its estimates (default:
+    ``bench/results/runtimes.json`` plus the runs this app finishes)."""
     if model_sets is None:
         downloader = downloader or BackgroundDownloader(list(DOWNLOAD_ORDER))
 
@@ -233,6 +247,16 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
     first_family = S.default_family(model_sets, present())
     on_cpu = next(iter(model_sets.values())).device.type == "cpu"
     tuned = S.TunedCache(pti_keep)
+    device_type = next(iter(model_sets.values())).device.type
+    sched = Lanes.create(device_type, plan=lanes, times=run_times)
+
+    def _short(fn: Callable) -> Callable:
+        """Run ``fn`` under the short lane's gate (bounds concurrent short computations, encoders included)."""
+        @functools.wraps(fn)
+        def gated(*args: Any, **kwargs: Any):
+            with sched.short_work():
+                return fn(*args, **kwargs)
+        return gated
 
     def _keeping_tuned(fn: Callable) -> Callable:
         """Hand the states ``fn`` returns (first output) to the PTI generator cache, in this process (on ZeroGPU
@@ -274,6 +298,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         return state, state.aligned.image, faces, info
 
     @_plain_errors
+    @_short
     def align(photo: Any, face_index: float, state: Optional[S.VisitorState]):
         path = _upload_path(photo)
         if not path:
@@ -282,6 +307,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         return _aligned(S.align_photo(_state(state), S.open_photo(path), index))
 
     @_plain_errors
+    @_short
     def pick_face(state: Optional[S.VisitorState], evt: gr.SelectData):
         state = _state(state)
         if state.photo is None:
@@ -294,51 +320,104 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         return (gr.Gallery(visible=n_faces > 1), [], _metrics_frame(empty), _plot(empty), [], None, None,
                 _method_dropdown(None))
 
+    def _compute(family: str, image: Any, methods: list[str], presets: dict[str, str], seed: int, stop: Any,
+                 progress: Any):
+        """The inversions themselves (in a ZeroGPU worker process when wrapped by ``spaces.GPU``): one
+        MethodResult or Skipped per method; ``stop`` is polled between steps."""
+        def on_progress(method: str, step: int, total: int, metrics: Mapping[str, float]) -> None:
+            loss = metrics.get("loss")
+            extra = f" · loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
+            progress((step, total), desc=f"{METHODS[method].label}: step {step}/{total}{extra}")
+
+        yield from S.run_inversions(models_for(family), image, methods, presets=presets, seed=seed,
+                                    on_progress=on_progress, cancel=stop, file_present=present(), releasable=True)
+
+    encode_on_gpu = _on_gpu(_compute, duration=60)
+    optimize_on_gpu = _on_gpu(_compute, duration=240)
+
     def _invert(family: str, methods: list[str], preset_w: str, preset_wplus: str, preset_pti: str, seed: float,
-                state: Optional[S.VisitorState], progress: gr.Progress = gr.Progress()):
+                allow_long: Any, state: Optional[S.VisitorState], request: gr.Request,
+                progress: gr.Progress = gr.Progress()):
         state = _state(state)
         models = models_for(family)
         if state.aligned is None:
             raise S.SessionError("Align a photo first (step 1).")
         if not methods:
             raise S.SessionError("Tick at least one method.")
+        ordered = S.order_methods(methods)
         seed = _whole(seed, "seed", default=0)
         if not 0 <= seed < 2**32:
             raise S.SessionError(f"The seed must be between 0 and {2**32 - 1}, got {seed}.")
-        cancel = threading.Event()
+        if allow_long not in (None, True, False):
+            raise S.SessionError(f"'Allow long runs' must be true or false, got {allow_long!r}.")
+        chosen = {"w": preset_w, "w+": preset_wplus, "pti": preset_pti}
+        presets = {m: chosen.get(m) or METHODS[m].presets[0] for m in ordered}
+        for m in ordered:
+            if presets[m] not in METHODS[m].presets:
+                raise S.SessionError(f"{METHODS[m].label} has no preset {presets[m]!r}; choose one of "
+                                     f"{', '.join(METHODS[m].presets)}.")
+        run_id, stop = sched.board.new_run()
+        visitor = getattr(request, "session_hash", None) or run_id
+        check_visitor(sched, visitor, [m for m in ordered if _is_long(m)])  # before the page's run id changes
         state = replace(state, seed=seed)
         image = S.model_input(state, models.family.size)
 
-        def outputs(message: str):
-            return state, cancel, _result_gallery(state), _metrics_frame(state), _plot(state), message
+        def outputs(message: str, *, results: bool = True):
+            if not results:
+                return state, run_id, gr.skip(), gr.skip(), gr.skip(), message
+            return state, run_id, _result_gallery(state), _metrics_frame(state), _plot(state), message
 
-        def on_progress(method: str, step: int, total: int, metrics: Mapping[str, float]) -> None:
-            loss = metrics.get("loss")
-            extra = f" · loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
-            progress((step, total), desc=f"{METHODS[method].label}: step {step}/{total}{extra}")
+        def compute(fn: Callable) -> Callable:
+            return lambda ms, flag: fn(family, image, list(ms), presets, state.seed, flag, progress)
 
-        presets = {"w": preset_w, "w+": preset_wplus, "pti": preset_pti}
-        yield outputs("Running " + ", ".join(METHODS[m].label for m in S.order_methods(methods)) + " …")
-        skipped = []
+        def record(item: Any):
+            if isinstance(item, S.MethodResult):
+                return item.method, item.preset, float(item.inversion.seconds)
+            return None
+
+        yield outputs("Running " + ", ".join(METHODS[m].label for m in ordered) + " …")
+        skipped, notes, last, stopped, completed = [], [], None, False, False
         try:
-            for item in S.run_inversions(models, image, methods, presets=presets, seed=state.seed,
-                                         on_progress=on_progress, cancel=cancel, file_present=present(),
-                                         releasable=True):
-                if isinstance(item, S.Skipped):
-                    skipped.append(item.reason)
-                    gr.Warning(item.reason)
-                    continue
-                state = S.add_result(state, item)
-                yield outputs(f"{item.label} done in {item.inversion.seconds:.1f} s.")
+            for event in run_in_lanes(sched, visitor=visitor, run_id=run_id, stop=stop, family=family,
+                                      methods=ordered, presets=presets,
+                                      labels={m: METHODS[m].label for m in ordered}, is_long=_is_long,
+                                      run_short=compute(encode_on_gpu), run_long=compute(optimize_on_gpu),
+                                      allow_long=bool(allow_long), record=record):
+                if isinstance(event, Queued):
+                    if event.message != last:
+                        last = event.message
+                        yield outputs(event.message, results=False)
+                elif isinstance(event, Started):
+                    yield outputs(f"{event.label}: running (Stop ends it after the current step) …", results=False)
+                elif isinstance(event, Held):
+                    notes.append(event.message)
+                    gr.Warning(event.message)
+                elif isinstance(event, S.Skipped):
+                    skipped.append(event.reason)
+                    gr.Warning(event.reason)
+                else:
+                    state = S.add_result(state, event)
+                    yield outputs(f"{event.label} done in {event.inversion.seconds:.1f} s.")
+            completed = True
         except Cancelled:
-            gr.Warning("Stopped. The methods that had finished are kept.")
+            stopped = completed = True
+        finally:
+            # a run that ended (or was stopped) forgets its flag; one whose page went away mid-run (the generator
+            # is closed) sets it, so a worker process still running the long part stops at its next step
+            (stop.discard if completed else stop.set)()
         ran = [r.label for r in state.results.values()]
-        message = f"Done: {', '.join(ran)}." if ran else "Nothing ran."
+        if stopped:
+            message = "Stopped. " + (f"Kept: {', '.join(ran)}." if ran else "Nothing had finished.")
+            gr.Warning(message)
+        else:
+            message = f"Done: {', '.join(ran)}." if ran else "Nothing ran."
         if skipped:
             message += " Skipped: " + " ".join(skipped)
+        if notes:
+            message += " " + " ".join(notes)
         yield outputs(message)
 
-    invert = _plain_errors(_keeping_tuned(_on_gpu(_invert, duration=240)))
+    invert = _plain_errors(_keeping_tuned(_invert))
 
     def after_invert(state: Optional[S.VisitorState]):
         if state is None or not state.results:
@@ -346,9 +425,23 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         choices = S.edit_choices(models_for(state.family))
         return gr.Dropdown(choices=choices, value=choices[0][1]), _method_dropdown(state)
 
-    def stop(cancel: Optional[threading.Event]) -> None:
-        if cancel is not None:
-            cancel.set()
+    def stop(run_id: Optional[str], request: gr.Request) -> str:
+        """Set the stop flags of the visitor's last run and of their long run (reach a worker process too); a run
+        ends after its current step, or leaves the long-run queue, and keeps the methods that finished."""
+        ticket = sched.long.holder(getattr(request, "session_hash", None) or "")
+        stopped = [sched.board.stop(r) for r in {run_id, ticket.run_id if ticket is not None else None} if r]
+        if not any(stopped):
+            return "Nothing to stop."
+        return "Stopping after the current step; the methods that finished are kept."
+
+    def after_stop(state: Optional[S.VisitorState]):
+        return _method_dropdown(state)
+
+    def on_leave(request: gr.Request) -> None:
+        """A visitor closed the page: their long run (running or queued) stops."""
+        ticket = sched.long.holder(getattr(request, "session_hash", None) or "")
+        if ticket is not None:
+            sched.board.stop(ticket.run_id)
 
     def _edit(name: str, strength: float, component: float, steps: float, state: Optional[S.VisitorState]):
         state = _state(state)
@@ -368,7 +461,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                        "is not edited (run PTI again to edit it).")
         return edited, _strip_gallery(edited)
 
-    edit = _plain_errors(_keeping_tuned(_on_gpu(_edit, duration=60)))
+    edit = _plain_errors(_keeping_tuned(_short(_on_gpu(_edit, duration=60))))
 
     def after_edit(state: Optional[S.VisitorState]):
         if state is None or state.edit is None or not state.edit.strips:
@@ -376,11 +469,13 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         return gr.Gallery(columns=len(next(iter(state.edit.strips.values())).offsets))
 
     @_plain_errors
+    @_short
     def paste_back(method: Optional[str], state: Optional[S.VisitorState]):
         state = S.paste_result(_state(state), method or None)
         return state, state.pasted
 
     @_plain_errors
+    @_short
     def export(state: Optional[S.VisitorState]):
         root = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio") / "stylegan2-exports"
         root.mkdir(parents=True, exist_ok=True)
@@ -407,7 +502,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         files = {name: {"state": st.state, "message": st.message, "bytes_done": st.bytes_done,
                         "bytes_total": st.bytes_total} for name, st in (statuses() or {}).items()}
         ready = S.method_status(models, present())
-        return {"family": family, "families": list(model_sets),
+        return {"family": family, "long_lane": sched.long.status(), "families": list(model_sets),
                 "default_family": S.default_family(model_sets, present()),
                 "methods": {m: {"ready": ok, "reason": why} for m, (ok, why) in ready.items()},
                 "files": files, "text": S.status_markdown(models, present(), statuses()),
@@ -473,6 +568,9 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                     preset_wplus = gr.Radio(list(PRESETS), value=default_preset, label="W+ optimization preset")
                     preset_pti = gr.Radio(list(PRESETS), value=default_preset, label="PTI preset")
                     seed = gr.Number(0, precision=0, label="Seed")
+                    allow_long = gr.Checkbox(False, visible=device_type == "cpu", elem_id="allow-long",
+                                             label=f"Allow runs longer than {CONFIRM_OVER_S / 60:.0f} minutes "
+                                                   "(this CPU server asks first, with the measured estimate)")
                 with gr.Row():
                     run_btn = gr.Button("Run", variant="primary", elem_id="run-btn")
                     stop_btn = gr.Button("Stop", variant="stop")
@@ -525,31 +623,43 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         # ------------------------------------------------------------ events
         private = dict(api_visibility="private", queue=False)
         cleared = [faces, results, table, plot, strips, pasted, files, paste_method]
+        # two lanes: short events share the "short" group; /invert has its own group, sized so that its handler
+        # starts at once (its encoders take the short gate, its long part waits in the app's long lane, where the
+        # visitor sees the position and the estimated start) -- gradio's queue is not where long runs wait
+        plan = sched.plan
+        short = dict(concurrency_id="short", concurrency_limit=plan.short)
         align_btn.click(align, [photo, face_index, state], [state, aligned, faces, photo_info], api_name="align",
-                        concurrency_id="cpu-heavy", concurrency_limit=2, preprocess=False
-                        ).success(after_align, [state], cleared, **private)
+                        preprocess=False, **short).success(after_align, [state], cleared, **private)
         faces.select(pick_face, [state], [state, aligned, faces, photo_info], api_visibility="private",
-                     concurrency_id="cpu-heavy").success(after_align, [state], cleared, **private)
-        run_btn.click(invert, [family, methods, preset_w, preset_wplus, preset_pti, seed, state],
-                      [state, cancel_state, results, table, plot, run_info], api_name="invert",
-                      concurrency_id="gpu", concurrency_limit=1, show_progress_on=[run_info], preprocess=False
-                      ).then(after_invert, [state], [edit_name, paste_method], **private)
+                     **short).success(after_align, [state], cleared, **private)
+        run_event = run_btn.click(
+            invert, [family, methods, preset_w, preset_wplus, preset_pti, seed, allow_long, state],
+            [state, cancel_state, results, table, plot, run_info], api_name="invert", concurrency_id="invert",
+            concurrency_limit=plan.short + plan.long + plan.max_waiting, show_progress_on=[run_info],
+            preprocess=False)
+        run_event.then(after_invert, [state], [edit_name, paste_method], **private)
+        # Stop: the flag reaches the run between steps (in this process or a ZeroGPU worker); ``cancels`` also
+        # drops the page's pending event at once (an API client calls /stop, then reads its job's last outputs)
+        stop_btn.click(stop, [cancel_state], [run_info], api_name="stop", queue=False, cancels=[run_event]
+                       ).then(after_stop, [state], [paste_method], **private)
         table.change(lambda st: _plot_update(_state(st)), [state], [plot], **private)  # limits follow the points
-        stop_btn.click(stop, [cancel_state], None, **private)
         edit_name.change(on_edit_choice, [edit_name, state], [strength, component, edit_help], **private)
         edit_btn.click(edit, [edit_name, strength, component, steps, state], [state, strips], api_name="edit",
-                       concurrency_id="gpu", preprocess=False).success(after_edit, [state], [strips], **private)
-        paste_btn.click(paste_back, [paste_method, state], [state, pasted], api_name="paste_back")
-        export_btn.click(export, [state], [files, download], api_name="export")
+                       preprocess=False, **short).success(after_edit, [state], [strips], **private)
+        paste_btn.click(paste_back, [paste_method, state], [state, pasted], api_name="paste_back", **short)
+        export_btn.click(export, [state], [files, download], api_name="export", **short)
         status_outputs = [status_md, banner, methods, shown_labels, timer]
         timer.tick(refresh_status, [family, shown_labels], status_outputs, **private)
         family.change(refresh_status, [family, shown_labels], status_outputs, **private)
         demo.load(on_load, None, [family, *status_outputs], api_visibility="private")
+        demo.unload(on_leave)
         gr.api(status, api_name="status", queue=False)
 
     demo.queue(default_concurrency_limit=2, max_size=64)
     demo.weights_downloader = downloader  # type: ignore[attr-defined]  # started by main()
     demo.tuned_generators = tuned  # type: ignore[attr-defined]
+    demo.lanes = sched  # type: ignore[attr-defined]
+    demo.long_lane = sched.long  # type: ignore[attr-defined]
     return demo
 
 
