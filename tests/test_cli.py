@@ -181,14 +181,23 @@ def test_only_bad_files_exit_1(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "fake.jpg").write_bytes(b"\x00\x01 not a jpeg")
     Image.new("RGB", (60, 40), (90, 100, 110)).save(tmp_path / "in" / "tiny.png")
-    rc, stdout, stderr = run([tmp_path / "in", tmp_path / "missing.jpg", "--out", tmp_path / "out"])
+    rc, stdout, stderr = run([tmp_path / "in", "--out", tmp_path / "out"])
     assert rc == 1
     lines = [l for l in stderr.splitlines() if l.startswith("skip ")]
-    assert len(lines) == 3 and "missing.jpg: no such file or folder" in lines[0]
-    assert "only 60x40 pixels" in stderr
+    assert len(lines) == 2 and "only 60x40 pixels" in stderr
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["counts"]["skipped"] == 2
-    rc, _, stderr = run([tmp_path / "empty_dir_that_is_not_there", "--out", tmp_path / "out"])
+    (tmp_path / "empty").mkdir()
+    rc, _, stderr = run([tmp_path / "empty", "--out", tmp_path / "out"])
     assert rc == 1 and "nothing to do" in stderr
+
+
+def test_missing_input_is_a_bad_argument(tmp_path):
+    """A mistyped file or folder: exit 2 (as documented for bad arguments), one error line, nothing run or written."""
+    for missing in ("missing.jpg", "folder_that_is_not_there"):
+        rc, stdout, stderr = run([HOPPER, tmp_path / missing, "--out", tmp_path / "out"])
+        errors = [l for l in stderr.splitlines() if "error:" in l]
+        assert rc == 2 and len(errors) == 1 and f"{missing}: no such file or folder" in errors[0]
+        assert not (tmp_path / "out").exists()
 
 
 def test_missing_weights_one_line_and_exit_1(tmp_path):

@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Invert face photos into StyleGAN2 codes with the app's methods; optionally edit and paste back.",
         epilog=f"methods: {', '.join(S.METHOD_ORDER)}; presets (w, w+, pti): {', '.join(PRESETS)}\n"
-               f"edits: {edits}\n\n"
+               f"edits: {edits}\n"
+               "  (the built-in model's own directions answer to their short names too: smile = builtin_smile, ...)\n\n"
                f"example: {PROG} photos/ --out results/ --methods e4e,w+ --preset fast --edit smile=2 --paste-back\n"
                "exit status: 0 = at least one photo done, 1 = none, 2 = bad arguments, 130 = stopped (Ctrl-C)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="photo files and/or folders of photos")
@@ -100,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the optimization methods (default 0)")
     p.add_argument("--face", type=int, default=0, metavar="INDEX",
                    help="which detected face to use, 0 = the most confident (default)")
-    p.add_argument("--no-resume", action="store_true", help="redo photos that an earlier run finished")
+    p.add_argument("--no-resume", action="store_true", help="redo photos that an earlier run finished (same settings)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace results that an earlier run made in --out with other settings or from another "
+                        "file (without it such a run stops before doing anything, and nothing is replaced)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output (skips and errors still show)")
     return p
 
