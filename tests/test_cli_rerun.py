@@ -90,8 +90,13 @@ def test_edit_names_follow_the_model():
     assert edit_for_family("smile", builtin) == "builtin_smile"
     assert edit_for_family("builtin_smile", ffhq) == "smile"
     assert edit_for_family("smile", ffhq) == "smile" and edit_for_family("sefa", builtin) == "sefa"
+    assert edit_for_family("glasses", builtin) == "builtin_glasses"  # only the built-in model has this one
     with pytest.raises(cli.UsageError, match="not made for the .* model; for it use .*builtin_age"):
         edit_for_family("lipstick", builtin)
+    with pytest.raises(cli.UsageError, match="not made for the .*FFHQ"):
+        edit_for_family("glasses", ffhq)
+    args = cli.build_parser().parse_args(["x.jpg", "--out", "o", "--edit", "glasses=1", "--edit", "smile"])
+    assert [e.name for e in args.edit] == ["glasses", "smile"]
 
 
 def test_readme_example_runs_on_the_builtin_set(tmp_path):

@@ -40,7 +40,11 @@ def _edit_arg(text: str) -> EditArg:
     try:
         spec = get_edit(name)
     except EditError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+        # a model's own edit by its attribute name ("glasses" for builtin_glasses); which model: resolved later
+        own = [e for e in EDITS for g in (e.generators or ()) if e.name == f"{g}_{name}"]
+        if not own:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        spec = own[0]
     component = None
     if colon:
         if not spec.is_explorer:
