@@ -285,8 +285,11 @@ def test_stop_keeps_finished_photos_and_resumes(tmp_path):
     rc, stdout, stderr = run(argv)
     assert rc == 0 and "astronaut.png: already done" in stderr and "done " in stdout
     assert (out / "grace_hopper" / "metrics.json").is_file()
-    # other settings: redone, not skipped
+    # other settings: the earlier results are kept (nothing runs) unless --overwrite says to replace them
     rc, _, stderr = run([*argv, "--seed", "1"])
+    assert rc == 2 and "with other settings (seed 0, now 1)" in stderr
+    assert json.loads((out / "astronaut" / "metrics.json").read_text())["settings"]["seed"] == 0
+    rc, _, stderr = run([*argv, "--seed", "1", "--overwrite"])
     assert rc == 0 and "already done" not in stderr
     assert json.loads((out / "astronaut" / "metrics.json").read_text())["settings"]["seed"] == 1
 
