@@ -87,11 +87,16 @@ def _cpu_count() -> int:
 
 
 def _cuda_memory_gb() -> float:
+    """Total memory of the current GPU; one run's share when it cannot be read here (e.g. the main process on
+    ZeroGPU, where the GPU exists only inside ``spaces.GPU`` calls)."""
     import torch
 
-    if not torch.cuda.is_available():
-        return GPU_GB_PER_RUN
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+    try:
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+    except (RuntimeError, AssertionError, AttributeError):
+        pass
+    return GPU_GB_PER_RUN
 
 
 # ------------------------------------------------------------------------------------------ estimates
