@@ -11,12 +11,12 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import math
 import os
 import tempfile
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Mapping, Optional
 
 import gradio as gr
@@ -110,24 +110,6 @@ def _state(state: Optional[S.VisitorState]) -> S.VisitorState:
     return state if state is not None else S.new_state()
 
 
-def _number(value: Any, what: str) -> float:
-    """A number as the page or an API client sent it (handlers run without preprocessing, so NaN, infinity,
-    null or text arrive as sent); :class:`~inversion.session.SessionError` in plain words otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise S.SessionError(f"The {what} must be a number, got {value!r}.")
-    return float(value)
-
-
-def _whole(value: Any, what: str, *, default: Optional[int] = None) -> int:
-    """A finite whole number (``default`` when the value is missing and a default exists)."""
-    if value is None and default is not None:
-        return default
-    number = _number(value, what)
-    if not math.isfinite(number) or number != int(number):
-        raise S.SessionError(f"The {what} must be a whole number, got {value!r}.")
-    return int(number)
-
-
 def _upload_path(payload: Any) -> Optional[str]:
     """The server-side path of an uploaded image (the event runs with preprocess=False)."""
     if payload is None:
@@ -149,48 +131,17 @@ def _plot(state: S.VisitorState) -> pd.DataFrame:
     return frame.astype({"method": str, "distortion": float, "code_spread": float})
 
 
-def _result_gallery(state: S.VisitorState) -> list[tuple[Any, str]]:
-    if state.aligned is None or not state.results:
-        return []
-    size = next(iter(state.results.values())).inversion.image.shape[-1]
-    items = [(S.to_pil(S.model_input(state, size)), f"aligned input ({size} px)")]
-    for r in state.results.values():
-        lp = r.metrics.get("lpips")
-        score = f"LPIPS {lp:.3f}" if lp is not None else f"MSE {r.metrics['mse']:.3f}"
-        items.append((r.reconstruction, f"{r.label} · {score}"))
-    return items
-
-
-def _padded(values: list[float], *, floor: Optional[float] = None) -> Optional[list[float]]:
-    if not values:
-        return None
-    lo, hi = min(values), max(values)
-    pad = max(0.15 * (hi - lo), 0.05 * max(abs(lo), abs(hi)), 1e-4)
-    return [max(lo - pad, floor) if floor is not None else lo - pad, hi + pad]
-
-
 def _plot_update(state: S.VisitorState) -> gr.ScatterPlot:
     """The trade-off plot with padded limits (points at the very edge are hard to see) and its axis name."""
     name, points = S.tradeoff_points(state.results)
-    return gr.ScatterPlot(value=_plot(state), x_lim=_padded([p["distortion"] for p in points], floor=0.0),
-                          y_lim=_padded([p["code_spread"] for p in points], floor=0.0),
+    return gr.ScatterPlot(value=_plot(state), x_lim=S.padded_range([p["distortion"] for p in points], floor=0.0),
+                          y_lim=S.padded_range([p["code_spread"] for p in points], floor=0.0),
                           x_title=f"distortion ({name}) — lower is closer")
-
-
-def _label(state: S.VisitorState, method: str) -> str:
-    return state.results[method].label if method in state.results else method
-
-
-def _strip_gallery(state: S.VisitorState) -> list[tuple[Any, str]]:
-    if state.edit is None:
-        return []
-    return [(image, f"{_label(state, method)} · {offset:+g}")
-            for method, strip in state.edit.strips.items() for offset, image in zip(strip.offsets, strip.images)]
 
 
 def _method_dropdown(state: Optional[S.VisitorState]) -> gr.Dropdown:
     done = list(state.results) if state is not None else []
-    return gr.Dropdown(choices=[(_label(state, m), m) for m in done], value=done[0] if done else None)
+    return gr.Dropdown(choices=[(S.result_label(state, m), m) for m in done], value=done[0] if done else None)
 
 
 # ------------------------------------------------------------------------------------------ the Blocks
@@ -226,42 +177,43 @@ def _invert_signature(methods: MethodRegistry) -> inspect.Signature:
     return inspect.Signature(params)
 
 
-def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
-               downloader: Optional[BackgroundDownloader] = None, pti_keep: int = PTI_KEEP,
-               methods: MethodRegistry = METHODS) -> gr.Blocks:
-    """Build the app. ``model_sets`` (family key -> ModelSet, first = preferred) default to FFHQ + built-in, with
-    a :class:`BackgroundDownloader` for their files (started on the first page load or by :func:`main`); when
-    ``model_sets`` are given, ``downloader`` is used only if passed (tests inject tiny in-memory sets).
-    ``pti_keep``: how many PTI-tuned generators the app keeps for editing, over all visitors (older ones are
-    freed; their visitors are asked to run PTI again). ``methods``: the method registry the checkboxes, preset
-    controls, help table and status derive from (one ``/invert`` preset argument per method with presets)."""
-    registry = methods
-    if model_sets is None:
-        downloader = downloader or BackgroundDownloader(list(download_order(registry)))
+@dataclass
+class _App:
+    """What the handlers share: the model sets (family -> ModelSet, first = preferred), the weight downloader (or
+    None), the PTI-tuned generator cache and the method registry."""
 
-        def locate(name: str) -> Path:
-            path = downloader.path(name)
-            if path is None:
-                raise CheckpointMissingError(f"The weight file {name} is not downloaded yet (see the status panel).")
-            return path
+    model_sets: dict[str, ModelSet]
+    downloader: Optional[BackgroundDownloader]
+    tuned: S.TunedCache
+    registry: MethodRegistry
 
-        model_sets = default_model_sets(choose_device(), locate)
-    model_sets = dict(model_sets)
+    def statuses(self) -> Optional[dict]:
+        return self.downloader.status() if self.downloader is not None else None
 
-    def statuses() -> Optional[dict]:
-        return downloader.status() if downloader is not None else None
+    def present(self) -> S.FilePresent:
+        return S.file_present_from(self.statuses())
 
-    def present() -> S.FilePresent:
-        return S.file_present_from(statuses())
+    def models_for(self, family: Optional[str]) -> ModelSet:
+        if family not in self.model_sets:
+            raise S.SessionError(f"Unknown model family {family!r}; choose one of {', '.join(self.model_sets)}.")
+        return self.model_sets[family]
 
-    def models_for(family: Optional[str]) -> ModelSet:
-        if family not in model_sets:
-            raise S.SessionError(f"Unknown model family {family!r}; choose one of {', '.join(model_sets)}.")
-        return model_sets[family]
+    @property
+    def first_family(self) -> str:
+        return S.default_family(self.model_sets, self.present())
 
-    first_family = S.default_family(model_sets, present())
-    on_cpu = next(iter(model_sets.values())).device.type == "cpu"
-    tuned = S.TunedCache(pti_keep)
+    @property
+    def on_cpu(self) -> bool:
+        return next(iter(self.model_sets.values())).device.type == "cpu"
+
+
+def _handlers(ctx: _App) -> SimpleNamespace:
+    """The event handlers. API-named handlers return plain values; layout changes (visibility, choices, columns)
+    come from the private follow-up handlers chained with .then(), so gradio_client users get data, not UI
+    updates. The work itself is done by :mod:`inversion.session`."""
+    model_sets, downloader, tuned, registry = ctx.model_sets, ctx.downloader, ctx.tuned, ctx.registry
+    statuses, present, models_for = ctx.statuses, ctx.present, ctx.models_for
+    first_family = ctx.first_family
 
     def _keeping_tuned(fn: Callable) -> Callable:
         """Hand the states ``fn`` returns (first output) to the PTI generator cache, in this process (on ZeroGPU
@@ -287,12 +239,8 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         return wrapper
 
     def method_labels(family: str) -> list[tuple[str, str]]:
-        status = S.method_status(models_for(family), present(), registry)
-        return [(registry[m].label + ("" if status[m][0] else " (not ready)"), m) for m in registry.order]
+        return S.method_choices(models_for(family), present(), registry)
 
-    # ---------------------------------------------------------------- handlers
-    # API-named handlers return plain values; layout changes (visibility, choices, columns) come from the
-    # private follow-up handlers chained with .then(), so gradio_client users get data, not UI updates.
     def _aligned(state: S.VisitorState):
         for note in state.aligned.warnings:
             gr.Warning(note)
@@ -307,7 +255,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         path = _upload_path(photo)
         if not path:
             raise S.SessionError("Upload a photo first (or pick an example).")
-        index = _whole(face_index, "face number", default=0)
+        index = S.as_whole(face_index, "face number", default=0)
         return _aligned(S.align_photo(_state(state), S.open_photo(path), index))
 
     @_plain_errors
@@ -337,15 +285,13 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
             raise S.SessionError("Align a photo first (step 1).")
         if not chosen:
             raise S.SessionError("Tick at least one method.")
-        seed = _whole(seed, "seed", default=0)
-        if not 0 <= seed < 2**32:
-            raise S.SessionError(f"The seed must be between 0 and {2**32 - 1}, got {seed}.")
+        seed = S.as_seed(seed)
         cancel = threading.Event()
         state = replace(state, seed=seed)
         image = S.model_input(state, models.family.size)
 
         def outputs(message: str):
-            return state, cancel, _result_gallery(state), _metrics_frame(state), _plot(state), message
+            return state, cancel, S.result_gallery(state), _metrics_frame(state), _plot(state), message
 
         def on_progress(method: str, step: int, total: int, metrics: Mapping[str, float]) -> None:
             loss = metrics.get("loss")
@@ -371,13 +317,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                 yield outputs(f"{item.label} done in {item.inversion.seconds:.1f} s.")
         except Cancelled:
             gr.Warning("Stopped. The methods that had finished are kept.")
-        ran = [r.label for r in state.results.values()]
-        message = f"Done: {', '.join(ran)}." if ran else "Nothing ran."
-        if skipped:
-            message += " Skipped: " + " ".join(skipped)
-        if notes:
-            message += " Note: " + " ".join(notes)
-        yield outputs(message)
+        yield outputs(S.invert_summary([r.label for r in state.results.values()], skipped, notes))
 
     _invert.__signature__ = _invert_signature(registry)  # type: ignore[attr-defined]  # named API arguments
     invert = _plain_errors(_keeping_tuned(_on_gpu(_invert, duration=240)))
@@ -397,9 +337,9 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         if not state.results:
             raise S.SessionError("Invert the photo first (step 2).")
         models = models_for(state.family)
-        strength = _number(strength, "strength")  # NaN / infinity: the edit's range check says which range
-        component = _whole(component, "component", default=0)
-        steps = _whole(steps, "number of images per strip")
+        strength = S.as_number(strength, "strength")  # NaN / infinity: the edit's range check says which range
+        component = S.as_whole(component, "component", default=0)
+        steps = S.as_whole(steps, "number of images per strip")
         ctl = S.edit_control(name, models)
         if ctl.component_max is not None and not 0 <= component <= ctl.component_max:
             raise S.SessionError(f"The component must be between 0 and {ctl.component_max}, got {component}.")
@@ -408,7 +348,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         if freed:
             gr.Warning(f"{', '.join(freed)}: its tuned generator was freed to keep the server's memory bounded, so it "
                        "is not edited (run PTI again to edit it).")
-        return edited, _strip_gallery(edited)
+        return edited, S.strip_gallery(edited)
 
     edit = _plain_errors(_keeping_tuned(_on_gpu(_edit, duration=60)))
 
@@ -445,15 +385,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
     def status(family: str = first_family) -> dict:
         """Model family status: methods that can run now, why the others cannot, and each weight file's state."""
         family = family if family in model_sets else first_family
-        models = models_for(family)
-        files = {name: {"state": st.state, "message": st.message, "bytes_done": st.bytes_done,
-                        "bytes_total": st.bytes_total} for name, st in (statuses() or {}).items()}
-        ready = S.method_status(models, present(), registry)
-        return {"family": family, "families": list(model_sets),
-                "default_family": S.default_family(model_sets, present()),
-                "methods": {m: {"ready": ok, "reason": why} for m, (ok, why) in ready.items()},
-                "files": files, "text": S.status_markdown(models, present(), statuses(), registry),
-                "banner": S.family_banner(model_sets, family, present(), statuses())}
+        return S.status_report(model_sets, family, present(), statuses(), registry)
 
     @_plain_errors
     def on_load():
@@ -473,6 +405,36 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                              label=f"{ctl.label}: strength (0 = unchanged)")
         component = gr.Slider(maximum=ctl.component_max or 0, visible=ctl.component_max is not None)
         return strength, component, ctl.help
+
+    return SimpleNamespace(
+        align=align, pick_face=pick_face, after_align=after_align, invert=invert, after_invert=after_invert,
+        stop=stop, edit=edit, after_edit=after_edit, paste_back=paste_back, export=export,
+        refresh_status=refresh_status, status=status, on_load=on_load, on_edit_choice=on_edit_choice,
+        method_labels=method_labels, with_presets=with_presets)
+
+
+def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
+               downloader: Optional[BackgroundDownloader] = None, pti_keep: int = PTI_KEEP,
+               methods: MethodRegistry = METHODS) -> gr.Blocks:
+    """Build the app. ``model_sets`` (family key -> ModelSet, first = preferred) default to FFHQ + built-in, with
+    a :class:`BackgroundDownloader` for their files (started on the first page load or by :func:`main`); when
+    ``model_sets`` are given, ``downloader`` is used only if passed (tests inject tiny in-memory sets).
+    ``pti_keep``: how many PTI-tuned generators the app keeps for editing, over all visitors (older ones are
+    freed; their visitors are asked to run PTI again). ``methods``: the method registry the checkboxes, preset
+    controls, help table and status derive from (one ``/invert`` preset argument per method with presets)."""
+    registry = methods
+    if model_sets is None:
+        downloader = downloader or BackgroundDownloader(list(download_order(registry)))
+
+        def locate(name: str) -> Path:
+            path = downloader.path(name)
+            return path if path is not None else _not_here(name)
+
+        model_sets = default_model_sets(choose_device(), locate)
+    ctx = _App(dict(model_sets), downloader, S.TunedCache(pti_keep), registry)
+    h = _handlers(ctx)
+    model_sets, present, statuses, models_for = ctx.model_sets, ctx.present, ctx.statuses, ctx.models_for
+    first_family, on_cpu, tuned = ctx.first_family, ctx.on_cpu, ctx.tuned
 
     # ---------------------------------------------------------------- layout
     with gr.Blocks(analytics_enabled=False, title="StyleGAN2 face inversion", delete_cache=(3600, 3600)) as demo:
@@ -507,7 +469,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
             with gr.Column(scale=1):
                 family = gr.Radio([(m.family.label, k) for k, m in model_sets.items()], value=first_family,
                                   label="Model", elem_id="family")
-                methods = gr.CheckboxGroup(method_labels(first_family),
+                methods = gr.CheckboxGroup(h.method_labels(first_family),
                                            value=[m for m in ("e4e", "psp") if m in registry],
                                            label="Methods (fast ones run first)", elem_id="methods")
                 with gr.Accordion("Presets and seed", open=False):
@@ -515,7 +477,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                     preset_controls = [
                         gr.Radio(list(m.presets), value=wanted if wanted in m.presets else m.default_preset,
                                  label=f"{m.label} preset", elem_id=preset_parameter(m.key))
-                        for m in with_presets]
+                        for m in h.with_presets]
                     seed = gr.Number(0, precision=0, label="Seed")
                 with gr.Row():
                     run_btn = gr.Button("Run", variant="primary", elem_id="run-btn")
@@ -569,27 +531,27 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         # ------------------------------------------------------------ events
         private = dict(api_visibility="private", queue=False)
         cleared = [faces, results, table, plot, strips, pasted, files, paste_method]
-        align_btn.click(align, [photo, face_index, state], [state, aligned, faces, photo_info], api_name="align",
+        align_btn.click(h.align, [photo, face_index, state], [state, aligned, faces, photo_info], api_name="align",
                         concurrency_id="cpu-heavy", concurrency_limit=2, preprocess=False
-                        ).success(after_align, [state], cleared, **private)
-        faces.select(pick_face, [state], [state, aligned, faces, photo_info], api_visibility="private",
-                     concurrency_id="cpu-heavy").success(after_align, [state], cleared, **private)
-        run_btn.click(invert, [family, methods, *preset_controls, seed, state],
+                        ).success(h.after_align, [state], cleared, **private)
+        faces.select(h.pick_face, [state], [state, aligned, faces, photo_info], api_visibility="private",
+                     concurrency_id="cpu-heavy").success(h.after_align, [state], cleared, **private)
+        run_btn.click(h.invert, [family, methods, *preset_controls, seed, state],
                       [state, cancel_state, results, table, plot, run_info], api_name="invert",
                       concurrency_id="gpu", concurrency_limit=1, show_progress_on=[run_info], preprocess=False
-                      ).then(after_invert, [state], [edit_name, paste_method], **private)
+                      ).then(h.after_invert, [state], [edit_name, paste_method], **private)
         table.change(lambda st: _plot_update(_state(st)), [state], [plot], **private)  # limits follow the points
-        stop_btn.click(stop, [cancel_state], None, **private)
-        edit_name.change(on_edit_choice, [edit_name, state], [strength, component, edit_help], **private)
-        edit_btn.click(edit, [edit_name, strength, component, steps, state], [state, strips], api_name="edit",
-                       concurrency_id="gpu", preprocess=False).success(after_edit, [state], [strips], **private)
-        paste_btn.click(paste_back, [paste_method, state], [state, pasted], api_name="paste_back")
-        export_btn.click(export, [state], [files, download], api_name="export")
+        stop_btn.click(h.stop, [cancel_state], None, **private)
+        edit_name.change(h.on_edit_choice, [edit_name, state], [strength, component, edit_help], **private)
+        edit_btn.click(h.edit, [edit_name, strength, component, steps, state], [state, strips], api_name="edit",
+                       concurrency_id="gpu", preprocess=False).success(h.after_edit, [state], [strips], **private)
+        paste_btn.click(h.paste_back, [paste_method, state], [state, pasted], api_name="paste_back")
+        export_btn.click(h.export, [state], [files, download], api_name="export")
         status_outputs = [status_md, banner, methods, shown_labels, timer]
-        timer.tick(refresh_status, [family, shown_labels], status_outputs, **private)
-        family.change(refresh_status, [family, shown_labels], status_outputs, **private)
-        demo.load(on_load, None, [family, *status_outputs], api_visibility="private")
-        gr.api(status, api_name="status", queue=False)
+        timer.tick(h.refresh_status, [family, shown_labels], status_outputs, **private)
+        family.change(h.refresh_status, [family, shown_labels], status_outputs, **private)
+        demo.load(h.on_load, None, [family, *status_outputs], api_visibility="private")
+        gr.api(h.status, api_name="status", queue=False)
 
     demo.queue(default_concurrency_limit=2, max_size=64)
     demo.weights_downloader = downloader  # type: ignore[attr-defined]  # started by main()

@@ -200,3 +200,18 @@ def test_run_times_come_from_the_measurement_file(tmp_path):
                                                 "*quality* not measured"]
     assert S.load_runtimes(tmp_path / "absent.json") == {}
     assert "No run times are measured yet" in S.methods_help_markdown({})
+
+
+def test_app_and_cli_choose_the_device_in_one_place():
+    from inversion.device import default_device
+    from inversion.models import choose_device
+
+    assert choose_device("cpu") == torch.device("cpu") and choose_device() == default_device()
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        choose_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            choose_device("cuda")
+        rc = cli.main([str(HOPPER), "--out", "unused", "--device", "cuda"], stdout=io.StringIO(),
+                      stderr=(err := io.StringIO()))
+        assert rc == 2 and "no CUDA GPU" in err.getvalue()
