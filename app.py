@@ -68,9 +68,6 @@ def methods_help(methods: MethodRegistry = METHODS) -> str:
     return S.methods_help_markdown(S.load_runtimes(), methods) + TRADEOFF_HELP
 
 
-METHODS_HELP = methods_help()
-
-
 # ------------------------------------------------------------------------------------------ helpers
 
 def _plain_errors(fn: Callable) -> Callable:
