@@ -25,18 +25,16 @@ from inversion.cli.loading import (
 )
 from inversion.cli.photo import FORMAT, PhotoSkipped, _check_cancel, _read_record, _publish, invert_photo
 from inversion.cli.report import Reporter
-from inversion.device import default_device
-from inversion.methods import METHODS
-from inversion.models import ModelSet
+from inversion.methods import METHODS, MethodRegistry
+from inversion.models import ModelSet, choose_device
 from inversion.result import Cancelled
 
 
 def _device(choice: str) -> torch.device:
-    if choice == "auto":
-        return default_device()
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
-    return torch.device(choice)
+    try:
+        return choose_device(choice)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def edit_for_family(name: str, models: ModelSet) -> str:
@@ -122,11 +120,12 @@ def earlier_results(out: Path, files: Sequence[Path], names: Sequence[str], sett
 
 def main(argv: Optional[Sequence[str]] = None, *, model_sets: Optional[ModelSetFactory] = None,
          cancel: Optional[threading.Event] = None, stdout: Optional[TextIO] = None,
-         stderr: Optional[TextIO] = None) -> int:
+         stderr: Optional[TextIO] = None, methods: MethodRegistry = METHODS) -> int:
     """Run the command line; returns the exit status. ``model_sets`` (tests) replaces :func:`default_model_sets`;
-    ``cancel`` stops the batch cleanly when set (Ctrl-C sets it; a second Ctrl-C stops at once)."""
+    ``cancel`` stops the batch cleanly when set (Ctrl-C sets it; a second Ctrl-C stops at once); ``methods``: the
+    method registry the choices come from."""
     out_stream, err_stream = stdout or sys.stdout, stderr or sys.stderr
-    parser = build_parser()
+    parser = build_parser(methods)
     try:
         with contextlib.redirect_stdout(out_stream), contextlib.redirect_stderr(err_stream):
             args = parser.parse_args(argv)
@@ -143,7 +142,7 @@ def main(argv: Optional[Sequence[str]] = None, *, model_sets: Optional[ModelSetF
             reporter.line("stopping after the current step (Ctrl-C again to stop at once) ...")
         previous, handled = signal.signal(signal.SIGINT, on_sigint), True
     try:
-        return _run(args, model_sets or default_model_sets, cancel, reporter)
+        return _run(args, model_sets or default_model_sets, cancel, reporter, methods)
     except UsageError as err:
         reporter.close()
         if not isinstance(err, OutputConflict):
@@ -156,7 +155,8 @@ def main(argv: Optional[Sequence[str]] = None, *, model_sets: Optional[ModelSetF
             signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
-def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.Event, reporter: Reporter) -> int:
+def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.Event, reporter: Reporter,
+         registry: MethodRegistry = METHODS) -> int:
     if args.face < 0:
         raise UsageError("--face must be 0 or more")
     out: Path = args.out
@@ -170,7 +170,7 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
     if family not in sets:
         raise UsageError(f"unknown model family {family!r}; choose auto or one of {', '.join(sets)}")
     models = sets[family]
-    presets = _presets(args.preset, args.methods, "balanced" if device.type == "cuda" else "fast")
+    presets = _presets(args.preset, args.methods, "balanced" if device.type == "cuda" else "fast", registry)
     edits = _resolve_edits(args.edit, models)
     settings = {"format": FORMAT, "family": models.family.name, "methods": list(args.methods), "presets": presets,
                 "seed": int(args.seed), "face": int(args.face), "edits": edits, "paste_back": bool(args.paste_back)}
@@ -217,7 +217,7 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
     def ensure_models() -> Loaded:
         if not loaded:
             reporter.progress(0.0, "loading models")
-            ready = load_models(models, settings["methods"])
+            ready = load_models(models, settings["methods"], registry)
             for note in ready.notes:
                 reporter.line(f"note: {_display(note)}")
             if not ready.methods:
@@ -235,10 +235,10 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
         loss = metrics.get("loss") if metrics else None
         extra = f" loss {loss:.4f}" if isinstance(loss, (int, float)) and math.isfinite(loss) else ""
         reporter.progress((done + (step / total if total else 0.0)) / len(methods),
-                          f"{METHODS[method].label} {step}/{total}{extra}", key=method)
+                          f"{registry[method].label} {step}/{total}{extra}", key=method)
 
     reporter.info(f"{len(files)} file(s); {models.family.label}; methods "
-                  + ", ".join(m if METHODS[m].presets == ("default",) else f"{m} ({p})" for m, p in presets.items())
+                  + ", ".join(m if not registry[m].has_presets else f"{m} ({p})" for m, p in presets.items())
                   + f"; device {device}; output {_display(out)}")
     try:
         for i, (path, entry) in enumerate(zip(files, entries)):
@@ -262,7 +262,7 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
             shutil.rmtree(staging, ignore_errors=True)
             try:
                 record = invert_photo(models, path, staging, settings=settings, source_sha256=sha, edits=args.edit,
-                                      ensure_models=ensure_models, on_progress=on_progress,
+                                      ensure_models=ensure_models, on_progress=on_progress, registry=registry,
                                       on_stage=lambda text: reporter.progress(1.0, text), cancel=cancel)
                 _publish(staging, final)
             except PhotoSkipped as err:
