@@ -30,7 +30,7 @@ from editing import EditError, get_edit
 from inversion import session as S
 from inversion.align import AlignmentError, PredictorNotFoundError
 from inversion.checkpoints import BackgroundDownloader, CheckpointError, CheckpointMissingError
-from inversion.methods import METHODS, MethodRegistry
+from inversion.methods import METHODS, MethodRegistry, StartCache
 from inversion.lanes import CONFIRM_OVER_S, LaneError, LanePlan, RunTimes
 from inversion.models import ModelSet, choose_device
 from inversion.result import Cancelled
@@ -295,7 +295,7 @@ def _handlers(ctx: _App) -> SimpleNamespace:
     with_presets = registry.with_presets()
 
     def _compute(family: str, image: Any, chosen: list[str], presets: dict[str, str], seed: int, stop: Any,
-                 progress: Any):
+                 starts: Any, progress: Any):
         """The inversions themselves (in a ZeroGPU worker process when wrapped by ``spaces.GPU``): one
         MethodResult or Skipped per method; ``stop`` is polled between steps."""
         def on_progress(method: str, step: int, total: int, metrics: Mapping[str, float]) -> None:
@@ -305,7 +305,7 @@ def _handlers(ctx: _App) -> SimpleNamespace:
 
         yield from S.run_inversions(models_for(family), image, chosen, presets=presets, seed=seed,
                                     on_progress=on_progress, cancel=stop, file_present=present(), releasable=True,
-                                    keep_on_device=spaces is None, registry=registry)
+                                    keep_on_device=spaces is None, registry=registry, starts=starts)
 
     encode_on_gpu = _on_gpu(_compute, duration=60)
     optimize_on_gpu = _on_gpu(_compute, duration=240)
@@ -344,8 +344,10 @@ def _handlers(ctx: _App) -> SimpleNamespace:
                 return state, run_id, gr.skip(), gr.skip(), gr.skip(), message
             return state, run_id, S.result_gallery(state), _metrics_frame(state), _plot(state), message
 
+        starts = StartCache()  # the encoders' pass is the optimizations' start too (in this process)
+
         def compute(fn: Callable) -> Callable:
-            return lambda ms, flag: fn(family, image, list(ms), presets, state.seed, flag, progress)
+            return lambda ms, flag: fn(family, image, list(ms), presets, state.seed, flag, starts, progress)
 
         def record(item: Any):
             if isinstance(item, S.MethodResult):
