@@ -40,8 +40,9 @@ from inversion.result import Cancelled, Inversion
 
 ALIGN_SIZE = 1024
 """The aligned crop is kept in the FFHQ frame at this size; each model family gets it resized to its own size."""
-WORK_MAX_SIDE = 4096
-"""Photos with a longer side are downscaled to it on upload (bounds per-visitor memory)."""
+WORK_MAX_SIDE = 8192
+"""Photos with a longer side are downscaled to it on upload (bounds per-visitor memory). Photos up to this size
+are aligned at full resolution, as the original code aligns them (8-bit RGB only: 8000 x 6000 is 144 MB)."""
 METHOD_ORDER = ("e4e", "psp", "w", "w+", "pti")
 """Run order: the one-pass encoders first, so their results show while the slow methods work."""
 IDENTITY_MODEL = "ArcFace IR-SE50"
