@@ -49,7 +49,7 @@ from inversion.result import Cancelled
 PROG = "python -m inversion.cli"
 FORMAT = 1
 """Version of the output layout; part of the settings a rerun compares."""
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"})
 DEFAULT_METHODS = "e4e,psp"
 METRIC_KEYS = ("mse", "psnr", "lpips", "identity", "code_spread", "seconds")
 CSV_COLUMNS = ("photo", "source", "family", "method", "label", "preset", *METRIC_KEYS)
