@@ -24,6 +24,7 @@ import pandas as pd
 
 from editing import EditError, get_edit
 from inversion import session as S
+from inversion.before_after import COMPARE_SIZE, before_after
 from inversion.align import AlignmentError, PredictorNotFoundError
 from inversion.checkpoints import BackgroundDownloader, CheckpointError, CheckpointMissingError
 from inversion.device import default_device
@@ -292,7 +293,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         n_faces = len(state.photo.faces) if state is not None and state.photo is not None else 0
         empty = S.new_state()
         return (gr.Gallery(visible=n_faces > 1), [], _metrics_frame(empty), _plot(empty), [], None, None,
-                _method_dropdown(None))
+                _method_dropdown(None), _method_dropdown(None), None, None)
 
     def _invert(family: str, methods: list[str], preset_w: str, preset_wplus: str, preset_pti: str, seed: float,
                 state: Optional[S.VisitorState], progress: gr.Progress = gr.Progress()):
@@ -342,9 +343,13 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
 
     def after_invert(state: Optional[S.VisitorState]):
         if state is None or not state.results:
-            return gr.skip(), _method_dropdown(state)
+            return gr.skip(), _method_dropdown(state), _method_dropdown(state)
         choices = S.edit_choices(models_for(state.family))
-        return gr.Dropdown(choices=choices, value=choices[0][1]), _method_dropdown(state)
+        return gr.Dropdown(choices=choices, value=choices[0][1]), _method_dropdown(state), _method_dropdown(state)
+
+    @_plain_errors
+    def compare(method: Optional[str], state: Optional[S.VisitorState]):
+        return before_after(_state(state), method or None)
 
     def stop(cancel: Optional[threading.Event]) -> None:
         if cancel is not None:
@@ -486,6 +491,10 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                                      "embeddings, FFHQ only; code spread: editability proxy, lower edits better)",
                                      interactive=False,
                                      elem_id="metrics")
+                compare_method = gr.Dropdown([], label="Before / after: which method", allow_custom_value=True,
+                                             elem_id="compare-method")
+                compare_inv = gr.ImageSlider(label="Aligned input | reconstruction (drag to compare)", type="pil",
+                                             format="png", max_height=COMPARE_SIZE, elem_id="compare-inversion")
                 plot = gr.ScatterPlot(_plot(S.new_state()), x="distortion", y="code_spread", color="method",
                                       title="Distortion vs editability",
                                       x_title="distortion (LPIPS; MSE when LPIPS is missing) — lower is closer",
@@ -510,6 +519,8 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
             with gr.Column(scale=2):
                 strips = gr.Gallery(label="Edit strips (one row per method)", columns=3, format="png",
                                     elem_id="strips")
+                compare_edit = gr.ImageSlider(label="Reconstruction | edit (method chosen in step 2)", type="pil",
+                                              format="png", max_height=COMPARE_SIZE, elem_id="compare-edit")
         with gr.Row():
             with gr.Column(scale=1):
                 paste_method = gr.Dropdown([], label="Paste which result back into the photo", allow_custom_value=True,
@@ -524,7 +535,8 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
 
         # ------------------------------------------------------------ events
         private = dict(api_visibility="private", queue=False)
-        cleared = [faces, results, table, plot, strips, pasted, files, paste_method]
+        cleared = [faces, results, table, plot, strips, pasted, files, paste_method, compare_method, compare_inv,
+                   compare_edit]
         align_btn.click(align, [photo, face_index, state], [state, aligned, faces, photo_info], api_name="align",
                         concurrency_id="cpu-heavy", concurrency_limit=2, preprocess=False
                         ).success(after_align, [state], cleared, **private)
@@ -533,12 +545,16 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         run_btn.click(invert, [family, methods, preset_w, preset_wplus, preset_pti, seed, state],
                       [state, cancel_state, results, table, plot, run_info], api_name="invert",
                       concurrency_id="gpu", concurrency_limit=1, show_progress_on=[run_info], preprocess=False
-                      ).then(after_invert, [state], [edit_name, paste_method], **private)
+                      ).then(after_invert, [state], [edit_name, paste_method, compare_method], **private
+                             ).then(compare, [compare_method, state], [compare_inv, compare_edit], **private)
+        compare_method.input(compare, [compare_method, state], [compare_inv, compare_edit], **private)
         table.change(lambda st: _plot_update(_state(st)), [state], [plot], **private)  # limits follow the points
         stop_btn.click(stop, [cancel_state], None, **private)
         edit_name.change(on_edit_choice, [edit_name, state], [strength, component, edit_help], **private)
         edit_btn.click(edit, [edit_name, strength, component, steps, state], [state, strips], api_name="edit",
-                       concurrency_id="gpu", preprocess=False).success(after_edit, [state], [strips], **private)
+                       concurrency_id="gpu", preprocess=False).success(after_edit, [state], [strips], **private
+                                                                       ).then(compare, [compare_method, state],
+                                                                              [compare_inv, compare_edit], **private)
         paste_btn.click(paste_back, [paste_method, state], [state, pasted], api_name="paste_back")
         export_btn.click(export, [state], [files, download], api_name="export")
         status_outputs = [status_md, banner, methods, shown_labels, timer]
