@@ -563,27 +563,32 @@ def paste_back(
     crop edge to 1.  Only the quad's bounding box is touched.  Returns a new RGB image.
     """
     base = to_rgb(original).copy()
-    edit = to_rgb(aligned_edit)
-    corners = aligned.quad + 0.5  # Pillow's continuous coordinates
-    tl, bl, tr = corners[0], corners[1], corners[3]
-    m_inv = np.linalg.inv(np.column_stack([tr - tl, bl - tl]))  # photo offset -> (u, v) in [0, 1]^2
-    x0, y0, x1, y1 = _box(corners)
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, base.width), min(y1, base.height)
-    if x1 <= x0 or y1 <= y0:
+    box = quad_region(aligned.quad, base.size)
+    if box is None:
         return base
-    region = (x1 - x0, y1 - y0)
-
-    def affine_for(w: int, h: int) -> tuple[float, ...]:
-        a = np.diag([w, h]).astype(np.float64) @ m_inv
-        c = a @ (np.array([x0, y0], dtype=np.float64) - tl)
-        return (a[0, 0], a[0, 1], c[0], a[1, 0], a[1, 1], c[1])
-
-    warped = edit.transform(region, Image.Transform.AFFINE, affine_for(*edit.size), Image.Resampling.BILINEAR)
-    mask = _feather_mask(edit.size, feather)
-    warped_mask = mask.transform(region, Image.Transform.AFFINE, affine_for(*mask.size), Image.Resampling.BILINEAR)
-    box = (x0, y0, x1, y1)
+    warped = warp_to_photo(to_rgb(aligned_edit), aligned.quad, box)
+    warped_mask = warp_to_photo(_feather_mask(aligned_edit.size, feather), aligned.quad, box)
     base.paste(Image.composite(warped, base.crop(box), warped_mask), box)
     return base
+
+
+def quad_region(quad: np.ndarray, size: tuple[int, int]) -> Optional[tuple[int, int, int, int]]:
+    """The photo pixels (x0, y0, x1, y1; exclusive ends) an aligned crop covers, clipped; None when outside."""
+    x0, y0, x1, y1 = _box(np.asarray(quad) + 0.5)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, size[0]), min(y1, size[1])
+    return None if x1 <= x0 or y1 <= y0 else (x0, y0, x1, y1)
+
+
+def warp_to_photo(crop: Image.Image, quad: np.ndarray, box: tuple[int, int, int, int]) -> Image.Image:
+    """An aligned crop (any size, any mode) warped into photo region ``box`` (bilinear; 0 outside the quad)."""
+    corners = np.asarray(quad, dtype=np.float64) + 0.5  # Pillow's continuous coordinates
+    tl, bl, tr = corners[0], corners[1], corners[3]
+    m_inv = np.linalg.inv(np.column_stack([tr - tl, bl - tl]))  # photo offset -> (u, v) in [0, 1]^2
+    a = np.diag([crop.width, crop.height]).astype(np.float64) @ m_inv
+    c = a @ (np.array(box[:2], dtype=np.float64) - tl)
+    region = (box[2] - box[0], box[3] - box[1])
+    return crop.transform(region, Image.Transform.AFFINE, (a[0, 0], a[0, 1], c[0], a[1, 0], a[1, 1], c[1]),
+                          Image.Resampling.BILINEAR)
 
 
 def _feather_mask(size: tuple[int, int], feather: float) -> Image.Image:
