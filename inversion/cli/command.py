@@ -111,6 +111,8 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
     edits = _resolve_edits(args.edit, models)
     settings = {"format": FORMAT, "family": models.family.name, "methods": list(args.methods), "presets": presets,
                 "seed": int(args.seed), "face": int(args.face), "edits": edits, "paste_back": bool(args.paste_back)}
+    if args.all_faces:  # only then, so folders finished by earlier runs keep matching their settings
+        settings["all_faces"] = True
 
     files, problems = collect_inputs(args.inputs, recursive=args.recursive, exclude=out)
     for line in problems:
