@@ -24,6 +24,7 @@ import pandas as pd
 
 from editing import EditError, get_edit
 from inversion import session as S
+from inversion import group as G
 from inversion.before_after import COMPARE_SIZE, before_after
 from inversion.align import AlignmentError, PredictorNotFoundError
 from inversion.checkpoints import BackgroundDownloader, CheckpointError, CheckpointMissingError
@@ -427,6 +428,33 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         state = S.paste_result(_state(state), method or None)
         return state, state.pasted
 
+    def _all_faces(family: str, methods: list[str], *rest: Any):
+        """All-faces mode: every face of the photo (up to 8) inverted with the ticked methods, given the chosen
+        edit, and pasted back into one photo; returns that photo. ``rest``: one preset per method with presets
+        (run order), seed, edit name, strength, component, the method to paste back, state."""
+        n = len(with_presets)
+        presets = {m.key: p for m, p in zip(with_presets, rest[:n])}
+        seed, edit_name, strength, component, method, state = rest[n:n + 6]
+        state = _state(state)
+        if state.photo is None:
+            raise S.SessionError("Upload a photo and press *Find and align the face* first (step 1).")
+        if not methods:
+            raise S.SessionError("Tick at least one method (step 2).")
+        seed = _whole(seed, "seed", default=0)
+        edit = None
+        if edit_name:
+            ctl = S.edit_control(edit_name, models_for(family))
+            comp = _whole(component, "component", default=0) if ctl.component_max is not None else None
+            edit = (edit_name, _number(strength, "strength"), comp)
+        group, skipped = G.run_all(models_for(family), state.photo, methods, method=method or None, edit=edit,
+                                   presets=presets, seed=seed,
+                                   file_present=present())
+        for item in skipped:
+            gr.Warning(item.reason)
+        return group.pasted
+
+    all_faces = _plain_errors(_on_gpu(_all_faces, duration=240))
+
     @_plain_errors
     def export(state: Optional[S.VisitorState]):
         root = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio") / "stylegan2-exports"
@@ -499,6 +527,8 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                                  webcam_options=gr.WebcamOptions(mirror=True), height=360, elem_id="photo")
                 gr.Examples(EXAMPLES, inputs=[photo], label="Examples (public domain)")
                 face_index = gr.Number(0, precision=0, visible=False, label="face index (0 = best)")
+                all_mode = gr.Checkbox(False, label="All faces: invert, edit and paste back every face (up to 8)",
+                                       elem_id="all-faces-mode")
                 align_btn = gr.Button("Find and align the face", variant="primary", elem_id="align-btn")
             with gr.Column(scale=1):
                 aligned = gr.Image(label="Aligned face (FFHQ frame)", type="pil", interactive=False, height=360,
@@ -570,6 +600,8 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                 paste_method = gr.Dropdown([], label="Paste which result back into the photo", allow_custom_value=True,
                                            elem_id="paste-method")
                 paste_btn = gr.Button("Paste back", elem_id="paste-btn")
+                all_btn = gr.Button("Invert, edit and paste back every face", visible=False, variant="primary",
+                                    elem_id="all-faces-btn")
                 export_btn = gr.Button("Prepare downloads", elem_id="export-btn")
                 download = gr.DownloadButton("Download all (zip)", elem_id="download")
                 files = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="files")
@@ -601,6 +633,11 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                                                                               [compare_inv, compare_edit], **private)
         paste_btn.click(paste_back, [paste_method, state], [state, pasted], api_name="paste_back")
         export_btn.click(export, [state], [files, download], api_name="export")
+        all_mode.change(lambda on: (gr.Button(visible=on), gr.Button(visible=not on)), [all_mode],
+                        [all_btn, paste_btn], **private)
+        all_btn.click(all_faces, [family, methods, *preset_controls, seed, edit_name, strength, component,
+                                  paste_method, state], [pasted], api_name="all_faces",
+                      concurrency_id="gpu", concurrency_limit=1)
         status_outputs = [status_md, banner, methods, shown_labels, timer]
         timer.tick(refresh_status, [family, shown_labels], status_outputs, **private)
         family.change(refresh_status, [family, shown_labels], status_outputs, **private)

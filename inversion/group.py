@@ -191,3 +191,21 @@ def paste_all(group: Group, method: Optional[str] = None) -> Group:
         strip = face.edit.strips.get(method) if face.edit is not None else None
         pairs.append((face.aligned, strip.edited if strip is not None else face.results[method].reconstruction))
     return replace(group, pasted=paste_faces(group.photo.image, pairs), pasted_method=method)
+
+
+def run_all(models: ModelSet, photo: S.Photo, methods: Sequence[str], *, method: Optional[str] = None,
+            edit: Optional[tuple[str, float, Optional[int]]] = None, presets: Optional[Mapping[str, str]] = None,
+            seed: int = 0, file_present: Optional[S.FilePresent] = None,
+            cancel: Optional[threading.Event] = None) -> tuple[Group, list[S.Skipped]]:
+    """The whole all-faces mode in one call: align every face, invert, apply ``edit`` ``(name, offset,
+    component)`` to all (None: no edit) and paste ``method``'s results (default: the first that ran) back."""
+    group, skipped = invert_all(models, align_all(photo), methods, presets=presets, seed=seed,
+                                file_present=file_present, cancel=cancel)
+    if not group.faces[0].results:
+        reasons = "; ".join(s.reason for s in skipped) or "no method was chosen"
+        raise S.SessionError(f"No method could run: {reasons}.")
+    if edit is not None and edit[1] != 0:
+        group = edit_all(models, group, edit[0], edit[1], component=edit[2])
+    if method is not None and method not in group.faces[0].results:
+        method = None
+    return paste_all(group, method), skipped
