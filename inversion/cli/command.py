@@ -174,6 +174,8 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
     edits = _resolve_edits(args.edit, models)
     settings = {"format": FORMAT, "family": models.family.name, "methods": list(args.methods), "presets": presets,
                 "seed": int(args.seed), "face": int(args.face), "edits": edits, "paste_back": bool(args.paste_back)}
+    if args.all_faces:  # only then, so folders finished by earlier runs keep matching their settings
+        settings["all_faces"] = True
 
     for e, wanted in zip(args.edit, edits):
         if wanted["name"] != e.name:
