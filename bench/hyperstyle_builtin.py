@@ -4,7 +4,7 @@
 
 Images: the first ``n`` generated faces of ``bench.builtin_table`` (z seed 1234, truncation 0.7, random noise seed 5)
 and the first ``n`` of its held-out procedural faces (seed 98765). Methods: e4e (``invert(..., "e4e")``),
-HyperStyle (``invert_hyperstyle``, 5 passes), PTI-fast (``inversion.pti.pivotal_tuning`` from the e4e pivot,
+HyperStyle (``invert(..., "hyperstyle")``, 5 passes), PTI-fast (``inversion.pti.pivotal_tuning`` from the e4e pivot,
 40 tuning steps: the app's ``fast`` preset). MSE on the [-1, 1] scale, mean over images.
 """
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from inversion import metrics
-from inversion.hyperstyle_method import invert_hyperstyle
 from inversion.methods import invert
 from inversion.models import ModelSet
 from inversion.pti import pivotal_tuning
@@ -41,7 +40,7 @@ def main() -> None:
                                 generator=torch.Generator().manual_seed(5)).clamp(-1, 1)
     procedural, _ = face_batch(200, seed=98765, size=g.size)
     sets = {"generated": generated[:args.n], "procedural": procedural[:args.n]}
-    invert_hyperstyle(models, sets["generated"][:1])  # load once, outside the timings
+    invert(models, "hyperstyle", sets["generated"][:1])  # load once, outside the timings
     rows = []
     for name in args.sets.split(","):
         images = sets[name]
@@ -53,7 +52,7 @@ def main() -> None:
             acc["e4e"][0] += float(metrics.mse(e4e.image, x)[0])
             acc["e4e"][1] += time.perf_counter() - t
             t = time.perf_counter()
-            hs = invert_hyperstyle(models, x)
+            hs = invert(models, "hyperstyle", x)
             acc["hyperstyle"][0] += float(metrics.mse(hs.image, x)[0])
             acc["hyperstyle"][1] += time.perf_counter() - t
             t = time.perf_counter()

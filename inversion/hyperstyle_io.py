@@ -27,8 +27,9 @@ from inversion.hyperstyle import (N_ITERS, Deltas, HyperNet, HyperNetConfig, WEn
                                   layer_shapes, refine)
 from inversion.stylegan2 import Generator, config_from_state_dict, generator_from_state_dict
 
-__all__ = ["HyperStyleBundle", "HyperStyleCheckpointError", "bundled_hyperstyle_files", "infer_hypernet_config",
-           "load_bundled_hyperstyle", "load_hyperstyle_checkpoint", "load_hyperstyle_files"]
+__all__ = ["HyperStyleBundle", "HyperStyleCheckpointError", "HypernetCheckpoint", "bundled_hyperstyle_files",
+           "infer_hypernet_config", "load_bundled_hyperstyle", "load_hyperstyle_checkpoint", "load_hyperstyle_files",
+           "load_hypernet_checkpoint", "load_w_encoder_checkpoint"]
 
 _HYPERNET_TYPE = "SharedWeightsHyperNetResNet"
 
@@ -213,32 +214,38 @@ def _w_encoder_kwargs(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     return {"widths": widths, "units": units, "style_dim": int(state["linear.weight"].shape[0])}
 
 
-def load_hyperstyle_checkpoint(hyper: dict[str, Any], w_encoder: dict[str, Any], *,
-                               dtype: torch.dtype = torch.float32) -> HyperStyleBundle:
-    """Official ``hyperstyle_ffhq.pt`` + ``faces_w_encoder.pt`` dicts (``torch.load(weights_only=True)``) -> bundle.
+@dataclass(frozen=True)
+class HypernetCheckpoint:
+    """What ``hyperstyle_ffhq.pt`` holds: the hypernetwork, its ``latent_avg`` ``(n_styles, D)``, the decoder's
+    state dict (rosinality layout) and the options."""
+
+    hypernet: HyperNet
+    latent_avg: torch.Tensor
+    decoder_state_dict: dict[str, torch.Tensor]
+    opts: dict[str, Any]
+
+
+def _check_container(ckpt: Any, name: str) -> None:
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        got = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise HyperStyleCheckpointError(f"expected a {name} checkpoint dict with a 'state_dict' entry, got {got}")
+
+
+def load_hypernet_checkpoint(hyper: dict[str, Any], *, dtype: torch.dtype = torch.float32) -> HypernetCheckpoint:
+    """Official ``hyperstyle_ffhq.pt`` dict (``torch.load(weights_only=True)``) -> :class:`HypernetCheckpoint`.
 
     The architecture is read from the keys (any output size; the generator's layer shapes from ``decoder.*``), then
-    every key and shape is checked strictly. ``dtype``: of the loaded networks (float64 for parity tests).
+    every key and shape is checked strictly. ``dtype``: of the loaded network (float64 for parity tests).
     """
-    for name, ckpt in (("hyperstyle", hyper), ("W-encoder", w_encoder)):
-        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-            got = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-            raise HyperStyleCheckpointError(f"expected a {name} checkpoint dict with a 'state_dict' entry, got {got}")
+    _check_container(hyper, "hyperstyle")
     opts = dict(hyper.get("opts") or {})
     opts.setdefault("encoder_type", _HYPERNET_TYPE)
     if opts["encoder_type"] != _HYPERNET_TYPE:
         raise HyperStyleCheckpointError(f"only {_HYPERNET_TYPE} hypernetworks are supported, "
                                         f"this one is {opts['encoder_type']!r}")
-    w_opts = dict(w_encoder.get("opts") or {})
-    if w_opts.get("encoder_type", "WEncoder") != "WEncoder":
-        raise HyperStyleCheckpointError(f"the W-encoder checkpoint holds a {w_opts['encoder_type']!r}, not a WEncoder")
-    hyper_state, w_state = hyper["state_dict"], w_encoder["state_dict"]
-    hn_state, dec_state = _strip(hyper_state, "hypernet."), _strip(hyper_state, "decoder.")
-    enc_state = _strip(w_state, "encoder.")
+    hn_state, dec_state = _strip(hyper["state_dict"], "hypernet."), _strip(hyper["state_dict"], "decoder.")
     if not hn_state or not dec_state:
         raise HyperStyleCheckpointError("the HyperStyle state_dict must hold 'hypernet.*' and 'decoder.*' weights")
-    if not enc_state:
-        raise HyperStyleCheckpointError("the W-encoder state_dict has no 'encoder.*' weights")
     try:
         g_config = config_from_state_dict(dec_state)
     except ValueError as err:
@@ -253,11 +260,30 @@ def load_hyperstyle_checkpoint(hyper: dict[str, Any], w_encoder: dict[str, Any],
         hypernet = _load_hypernet(hn_state, config, dtype)
     except ValueError as err:
         raise HyperStyleCheckpointError(f"the hypernetwork weights do not describe a usable network: {err}") from None
-    encoder = _load_module(WEncoder, _w_encoder_kwargs(enc_state), enc_state, "the W-encoder weights ('encoder.*')",
-                           dtype)
     latent_avg = _latent_avg(hyper.get("latent_avg"), n_styles_for_size(size), g_config["style_dim"]).to(dtype)
-    return HyperStyleBundle(hypernet=hypernet, encoder=encoder, latent_avg=latent_avg, decoder_state_dict=dec_state,
-                            opts=opts, n_iters=N_ITERS)
+    return HypernetCheckpoint(hypernet=hypernet, latent_avg=latent_avg, decoder_state_dict=dec_state, opts=opts)
+
+
+def load_w_encoder_checkpoint(w_encoder: dict[str, Any], *, dtype: torch.dtype = torch.float32) -> WEncoder:
+    """Official ``faces_w_encoder.pt`` dict -> the :class:`WEncoder` (its ``decoder.*`` copy is not used)."""
+    _check_container(w_encoder, "W-encoder")
+    w_opts = dict(w_encoder.get("opts") or {})
+    if w_opts.get("encoder_type", "WEncoder") != "WEncoder":
+        raise HyperStyleCheckpointError(f"the W-encoder checkpoint holds a {w_opts['encoder_type']!r}, not a WEncoder")
+    enc_state = _strip(w_encoder["state_dict"], "encoder.")
+    if not enc_state:
+        raise HyperStyleCheckpointError("the W-encoder state_dict has no 'encoder.*' weights")
+    return _load_module(WEncoder, _w_encoder_kwargs(enc_state), enc_state, "the W-encoder weights ('encoder.*')",
+                        dtype)
+
+
+def load_hyperstyle_checkpoint(hyper: dict[str, Any], w_encoder: dict[str, Any], *,
+                               dtype: torch.dtype = torch.float32) -> HyperStyleBundle:
+    """Both official dicts (``hyperstyle_ffhq.pt``, ``faces_w_encoder.pt``) -> a :class:`HyperStyleBundle`."""
+    hn = load_hypernet_checkpoint(hyper, dtype=dtype)
+    encoder = load_w_encoder_checkpoint(w_encoder, dtype=dtype)
+    return HyperStyleBundle(hypernet=hn.hypernet, encoder=encoder, latent_avg=hn.latent_avg,
+                            decoder_state_dict=hn.decoder_state_dict, opts=hn.opts, n_iters=N_ITERS)
 
 
 def load_hyperstyle_files(hyper_path: "str | Path", w_encoder_path: "str | Path") -> HyperStyleBundle:
