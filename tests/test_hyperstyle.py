@@ -212,3 +212,65 @@ def test_official_container_faults():
         load_hyperstyle_checkpoint(hyper, {"state_dict": {}})
     with pytest.raises(HyperStyleCheckpointError, match="'state_dict'"):
         load_hyperstyle_checkpoint([], wenc)
+
+
+# ------------------------------------------------------------------------------------------------- the method
+
+
+def test_ffhq_path_loads_the_two_official_files_and_returns_the_adjusted_generator(tmp_path):
+    """The FFHQ family's pieces (fake official files, tiny shapes): start from the W-encoder + the hypernetwork's
+    latent_avg, 5 passes, adjusted generator sharing the untouched tensors with the family's generator."""
+    from inversion.methods import METHODS, invert
+    from inversion.models import ModelSet
+
+    g, hypernet, enc = tiny_parts(1)
+    hyper, wenc = fake_containers(g, hypernet, enc)
+    files = {"stylegan2_ffhq": tmp_path / "g.pt", "hyperstyle_ffhq": tmp_path / "h.pt",
+             "hyperstyle_w_encoder": tmp_path / "w.pt"}
+    torch.save({"g_ema": g.state_dict(), "latent_avg": torch.zeros(64)}, files["stylegan2_ffhq"])
+    torch.save(hyper, files["hyperstyle_ffhq"])
+    torch.save(wenc, files["hyperstyle_w_encoder"])
+    models = ModelSet("ffhq", locate=lambda name: files[name])
+    assert [p for p in METHODS["hyperstyle"].needs] == ["generator", "hyperstyle", "hyperstyle:start"]
+    image = torch.rand(1, 3, 32, 32) * 2 - 1
+    result = invert(models, "hyperstyle", image)
+    with torch.no_grad():
+        x = torch.nn.functional.interpolate(image, size=(64, 64), mode="bilinear", align_corners=False)
+        codes = enc(x)[:, None].expand(-1, 8, -1) + hyper["latent_avg"]
+        deltas, expected = refine(hypernet, g, x, codes, n_iters=5)
+    assert result.method == "hyperstyle" and result.info["recipe"]["n_iters"] == 5
+    assert torch.allclose(result.w_plus, codes, atol=1e-6)
+    assert torch.allclose(result.image, expected, atol=1e-5, rtol=1e-5)
+    shared = models.generator()
+    assert result.generator is not shared
+    assert result.generator.style[1].weight.data_ptr() == shared.style[1].weight.data_ptr()
+    with torch.no_grad():
+        assert torch.allclose(result.generator.synthesis(result.w_plus), expected, atol=1e-5, rtol=1e-5)
+    assert set(models.loaded()) >= {"generator", "hyperstyle", "hyperstyle:start"}
+
+
+def test_builtin_hyperstyle_improves_on_its_e4e_start():
+    """The bundled 128 px HyperStyle on held-out generated faces: lower MSE than e4e (its start, same codes),
+    and the adjusted generator redraws the result from the codes."""
+    from inversion import metrics
+    from inversion.methods import StartCache, invert
+    from inversion.models import ModelSet
+
+    models = ModelSet("builtin")
+    g = models.generator()
+    with torch.no_grad():
+        z = torch.randn(3, g.style_dim, generator=torch.Generator().manual_seed(4321))
+        w = models.latent_avg() + 0.7 * (g.mapping(z) - models.latent_avg())
+        faces = g.synthesis(w[:, None].repeat(1, g.n_latent, 1), "random",
+                            generator=torch.Generator().manual_seed(6)).clamp(-1, 1)
+    e4e_mse, hs_mse = [], []
+    for i in range(faces.shape[0]):
+        x, starts = faces[i:i + 1], StartCache()
+        e4e = invert(models, "e4e", x, starts=starts)
+        hs = invert(models, "hyperstyle", x, starts=starts)
+        assert starts.encoder_passes == 1 and torch.equal(hs.w_plus, e4e.w_plus)
+        e4e_mse.append(float(metrics.mse(e4e.image, x)[0]))
+        hs_mse.append(float(metrics.mse(hs.image, x)[0]))
+        with torch.no_grad():
+            assert torch.allclose(hs.generator.synthesis(hs.w_plus), hs.image, atol=1e-4)
+    assert sum(hs_mse) < 0.95 * sum(e4e_mse), (hs_mse, e4e_mse)
