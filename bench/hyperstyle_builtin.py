@@ -25,6 +25,7 @@ from training.faces import face_batch
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=20)
+    p.add_argument("--n-pti", type=int, default=None, help="run PTI-fast on the first N images only (slow on a CPU)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--sets", default="generated,procedural")
     p.add_argument("--out", type=Path, default=Path("bench/results/hyperstyle_builtin.md"))
@@ -45,23 +46,34 @@ def main() -> None:
     for name in args.sets.split(","):
         images = sets[name]
         acc = {m: [0.0, 0.0] for m in ("e4e", "hyperstyle", "pti-fast")}
+        per_image: dict[str, list[float]] = {m: [] for m in acc}
+        n_pti = images.shape[0] if args.n_pti is None else min(args.n_pti, images.shape[0])
         for i in range(images.shape[0]):
             x = images[i:i + 1]
             t = time.perf_counter()
             e4e = invert(models, "e4e", x)
-            acc["e4e"][0] += float(metrics.mse(e4e.image, x)[0])
+            per_image["e4e"].append(float(metrics.mse(e4e.image, x)[0]))
+            acc["e4e"][0] += per_image["e4e"][-1]
             acc["e4e"][1] += time.perf_counter() - t
             t = time.perf_counter()
             hs = invert(models, "hyperstyle", x)
-            acc["hyperstyle"][0] += float(metrics.mse(hs.image, x)[0])
+            per_image["hyperstyle"].append(float(metrics.mse(hs.image, x)[0]))
+            acc["hyperstyle"][0] += per_image["hyperstyle"][-1]
             acc["hyperstyle"][1] += time.perf_counter() - t
-            t = time.perf_counter()
-            pti = pivotal_tuning(g, x, lpips=None, pivot=e4e, preset="fast", tune_steps=40, seed=0)
-            acc["pti-fast"][0] += float(metrics.mse(pti.image, x)[0])
-            acc["pti-fast"][1] += time.perf_counter() - t
-            print(name, i, {k: round(v[0] / (i + 1), 5) for k, v in acc.items()}, flush=True)
-        n = images.shape[0]
-        rows += [(name, m, n, v[0] / n, v[1] / n) for m, v in acc.items()]
+            if i < n_pti:
+                t = time.perf_counter()
+                pti = pivotal_tuning(g, x, lpips=None, pivot=e4e, preset="fast", tune_steps=40, seed=0)
+                per_image["pti-fast"].append(float(metrics.mse(pti.image, x)[0]))
+                acc["pti-fast"][0] += per_image["pti-fast"][-1]
+                acc["pti-fast"][1] += time.perf_counter() - t
+            print(name, i, {k: round(sum(v) / len(v), 5) for k, v in per_image.items() if v},
+                  {k: round(v[1] / max(1, len(per_image[k])), 2) for k, v in acc.items()}, flush=True)
+        for m, v in acc.items():
+            k = len(per_image[m])
+            rows.append((name, m, k, v[0] / k, v[1] / k))
+        if n_pti < images.shape[0]:  # the encoders on PTI's subset too, for a like-for-like comparison
+            rows += [(name, f"{m} (first {n_pti})", n_pti, sum(per_image[m][:n_pti]) / n_pti, float("nan"))
+                     for m in ("e4e", "hyperstyle")]
     lines = ["# HyperStyle on the built-in set (CPU, `python -m bench.hyperstyle_builtin`)", "",
              f"torch threads: {torch.get_num_threads()}; shared 2-core machine, so times are upper bounds.", "",
              "| set | method | images | MSE | s / image |", "|---|---|---|---|---|"]
