@@ -200,17 +200,22 @@ def _replace_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A CSV file (header ``columns``, then ``rows``), replaced atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    _replace_text(path, buf.getvalue())
+
+
 def write_part(out: Path, ranks: Ranks, *, columns: Sequence[str], rows: Sequence[tuple[int, Sequence[Any]]],
                entries: Sequence[tuple[int, Mapping[str, Any]]], info: Mapping[str, Any]) -> None:
     """Replace this rank's part files: CSV ``rows`` (``(input index, row)``, the index kept as a first column),
     JSON ``entries`` (``(input index, entry)``) and ``info`` (anything rank 0 should see, e.g. an error)."""
     csv_path, json_path = part_paths(out, ranks.launch.rank)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["index", *columns])
-    writer.writerows([index, *row] for index, row in rows)
-    _replace_text(csv_path, buf.getvalue())
+    write_csv(csv_path, ["index", *columns], [[index, *row] for index, row in rows])
     data = {"token": ranks.token, "rank": ranks.launch.rank, "world_size": ranks.launch.world_size,
             "entries": [{"index": index, **entry} for index, entry in entries], "info": dict(info)}
     _replace_text(json_path, json.dumps(data, indent=1, allow_nan=False, ensure_ascii=False))
