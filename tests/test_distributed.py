@@ -136,12 +136,19 @@ def run_ranks(argv: list, tmp: Path, *, world: int = 2, crash_rank: int = -1) ->
 
 
 def run_single(argv: list) -> dict:
+    """``cli.main(argv)`` in this process, one thread like each rank (two threads on a busy 2-core machine are
+    many times slower than one)."""
     out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in SHORT.items():
-            mp.setitem(M.APP_PRESETS, key, value)
-        rc = cli.main([str(a) for a in argv], model_sets=lambda d, l: {"tiny": tiny_model_set()}, stdout=out,
-                      stderr=err)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in SHORT.items():
+                mp.setitem(M.APP_PRESETS, key, value)
+            rc = cli.main([str(a) for a in argv], model_sets=lambda d, l: {"tiny": tiny_model_set()}, stdout=out,
+                          stderr=err)
+    finally:
+        torch.set_num_threads(threads)
     return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
 
 
