@@ -1,0 +1,221 @@
+"""``main(argv)``: parse, pick the device and family, run every photo, write the batch files, exit status."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import shutil
+import signal
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, TextIO
+
+import torch
+
+from editing import get_edit
+from inversion import session as S
+from inversion.cli.args import PROG, EditArg, UsageError, _presets, build_parser
+from inversion.cli.batch import PARTIAL, STATUSES, write_batch_files
+from inversion.cli.inputs import _display, _sha256, collect_inputs, folder_names
+from inversion.cli.loading import (
+    FatalError, Loaded, ModelSetFactory, _locate_with_progress, _present_locally, default_model_sets, load_models,
+)
+from inversion.cli.photo import FORMAT, PhotoSkipped, _check_cancel, _read_record, _publish, invert_photo
+from inversion.cli.report import Reporter
+from inversion.device import default_device
+from inversion.methods import METHODS
+from inversion.models import ModelSet
+from inversion.result import Cancelled
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "auto":
+        return default_device()
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
+    return torch.device(choice)
+
+
+def _resolve_edits(edits: Sequence[EditArg], models: ModelSet) -> list[dict[str, Any]]:
+    """Edits checked against the family and the registry's ranges (without loading any model)."""
+    out = []
+    for e in edits:
+        spec = get_edit(e.name)
+        if spec.generators is not None and models.family.edit_kind not in spec.generators:
+            raise UsageError(f"the edit {e.name!r} is not made for the {models.family.label} model; for it use "
+                             + ", ".join(name for _, name in S.edit_choices(models)))
+        lo, hi = spec.strength_range
+        offset = spec.default_strength if e.offset is None else e.offset
+        if not lo <= offset <= hi:
+            raise UsageError(f"the strength of {e.name!r} must be between {lo:g} and {hi:g}")
+        out.append({"name": e.name, "component": e.component, "offset": float(offset), "key": e.key(offset)})
+    keys = [r["key"] for r in out]
+    if len(set(keys)) != len(keys):
+        raise UsageError("the same edit is asked for twice")
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None, *, model_sets: Optional[ModelSetFactory] = None,
+         cancel: Optional[threading.Event] = None, stdout: Optional[TextIO] = None,
+         stderr: Optional[TextIO] = None) -> int:
+    """Run the command line; returns the exit status. ``model_sets`` (tests) replaces :func:`default_model_sets`;
+    ``cancel`` stops the batch cleanly when set (Ctrl-C sets it; a second Ctrl-C stops at once)."""
+    out_stream, err_stream = stdout or sys.stdout, stderr or sys.stderr
+    parser = build_parser()
+    try:
+        with contextlib.redirect_stdout(out_stream), contextlib.redirect_stderr(err_stream):
+            args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or bad arguments (2)
+        return int(exc.code or 0)
+    cancel = cancel or threading.Event()
+    reporter = Reporter(out_stream, err_stream, quiet=args.quiet)
+    handled, previous = False, None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigint(signum, frame):  # noqa: ARG001 - signal handler signature
+            if cancel.is_set():
+                raise KeyboardInterrupt
+            cancel.set()
+            reporter.line("stopping after the current step (Ctrl-C again to stop at once) ...")
+        previous, handled = signal.signal(signal.SIGINT, on_sigint), True
+    try:
+        return _run(args, model_sets or default_model_sets, cancel, reporter)
+    except UsageError as err:
+        reporter.close()
+        parser.print_usage(err_stream)
+        print(f"{PROG}: error: {err}", file=err_stream)
+        return 2
+    finally:
+        reporter.close()
+        if handled:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.Event, reporter: Reporter) -> int:
+    if args.face < 0:
+        raise UsageError("--face must be 0 or more")
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {_display(out)} is a file, not a folder")
+    device = _device(args.device)
+    sets = dict(factory(device, _locate_with_progress(reporter)))
+    family = args.family
+    if family == "auto":
+        family = S.default_family(sets, _present_locally(sets))
+    if family not in sets:
+        raise UsageError(f"unknown model family {family!r}; choose auto or one of {', '.join(sets)}")
+    models = sets[family]
+    presets = _presets(args.preset, args.methods, "balanced" if device.type == "cuda" else "fast")
+    edits = _resolve_edits(args.edit, models)
+    settings = {"format": FORMAT, "family": models.family.name, "methods": list(args.methods), "presets": presets,
+                "seed": int(args.seed), "face": int(args.face), "edits": edits, "paste_back": bool(args.paste_back)}
+
+    files, problems = collect_inputs(args.inputs, recursive=args.recursive, exclude=out)
+    for line in problems:
+        reporter.line(line)
+    if not files:
+        reporter.line("nothing to do: no image files found in " + ", ".join(_display(i) for i in args.inputs))
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
+    entries = [{"source": _display(f), "folder": n, "status": "not reached", "reason": ""}
+               for f, n in zip(files, folder_names(files))]
+    records: dict[str, dict[str, Any]] = {}
+    started = time.monotonic()
+    summary = {"tool": "inversion.cli", "format": FORMAT, "settings": settings, "device": str(device),
+               "model": models.family.label, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    outcome: dict[str, Any] = {"interrupted": False, "error": None}
+    loaded: list[Loaded] = []
+
+    def counts() -> dict[str, int]:
+        return {s: sum(e["status"] == s for e in entries) for s in STATUSES}
+
+    def flush() -> None:
+        write_batch_files(out, entries, records, {**summary, **outcome, "counts": {**counts(), "missing": len(problems)},
+                                                  "seconds": round(time.monotonic() - started, 3)})
+
+    def ensure_models() -> Loaded:
+        if not loaded:
+            reporter.progress(0.0, "loading models")
+            ready = load_models(models, settings["methods"])
+            for note in ready.notes:
+                reporter.line(f"note: {_display(note)}")
+            if not ready.methods:
+                raise FatalError("none of the chosen methods can run")
+            for e in args.edit:  # component ranges depend on the loaded generator
+                top = S.edit_control(e.name, models).component_max
+                if e.component is not None and top is not None and e.component > top:
+                    raise UsageError(f"the component of {e.name!r} must be 0..{top} for this model")
+            loaded.append(ready)
+        return loaded[0]
+
+    def on_progress(method: str, step: int, total: int, metrics: Mapping[str, float]) -> None:
+        methods = loaded[0].methods if loaded else settings["methods"]
+        done = methods.index(method) if method in methods else 0
+        loss = metrics.get("loss") if metrics else None
+        extra = f" loss {loss:.4f}" if isinstance(loss, (int, float)) and math.isfinite(loss) else ""
+        reporter.progress((done + (step / total if total else 0.0)) / len(methods),
+                          f"{METHODS[method].label} {step}/{total}{extra}", key=method)
+
+    reporter.info(f"{len(files)} file(s); {models.family.label}; methods "
+                  + ", ".join(m if METHODS[m].presets == ("default",) else f"{m} ({p})" for m, p in presets.items())
+                  + f"; device {device}; output {_display(out)}")
+    try:
+        for i, (path, entry) in enumerate(zip(files, entries)):
+            _check_cancel(cancel)
+            reporter.photo(i, len(files), _display(path.name))
+            final = out / entry["folder"]
+            try:
+                sha = _sha256(path)
+            except OSError as err:
+                entry.update(status="skipped", reason=f"cannot read the file ({err.strerror or err})")
+                reporter.line(f"skip {_display(path)}: {entry['reason']}")
+                continue
+            record = None if args.no_resume else _read_record(final)
+            if record is not None and record.get("settings") == settings and \
+                    record.get("source", {}).get("sha256") == sha:
+                entry.update(status="already done")
+                records[entry["folder"]] = record
+                reporter.info(f"skip {_display(path)}: already done")
+                continue
+            staging = out / PARTIAL / entry["folder"]
+            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                record = invert_photo(models, path, staging, settings=settings, source_sha256=sha, edits=args.edit,
+                                      ensure_models=ensure_models, on_progress=on_progress,
+                                      on_stage=lambda text: reporter.progress(1.0, text), cancel=cancel)
+                _publish(staging, final)
+            except PhotoSkipped as err:
+                entry.update(status="skipped", reason=str(err))
+                reporter.line(f"skip {_display(path)}: {_display(err)}")
+                continue
+            except (Cancelled, KeyboardInterrupt, FatalError, UsageError):
+                raise
+            except Exception as err:  # noqa: BLE001 - one bad photo must not end the batch
+                entry.update(status="failed", reason=f"{type(err).__name__}: {err}")
+                reporter.line(f"skip {_display(path)}: unexpected error ({type(err).__name__}: {_display(err)})")
+                continue
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            entry.update(status="done")
+            records[entry["folder"]] = record
+            for note in record["warnings"]:
+                reporter.line(f"note {_display(path)}: {_display(note)}")
+            took = sum(float(m["metrics"]["seconds"] or 0) for m in record["methods"].values())
+            reporter.info(f"done {_display(path)} -> {_display(final)} ({took:.1f} s)", stream=reporter.out)
+            flush()
+    except (Cancelled, KeyboardInterrupt):
+        outcome["interrupted"] = True
+        reporter.line("stopped: finished photos are kept; run the same command again to go on")
+    except FatalError as err:
+        outcome["error"] = str(err)
+        reporter.line(f"error: {_display(err)}")
+    finally:
+        shutil.rmtree(out / PARTIAL, ignore_errors=True)
+    flush()
+    tally = {**counts(), "missing": len(problems)}
+    reporter.line(", ".join(f"{n} {s}" for s, n in tally.items() if n) + f" -> {_display(out)}", stream=reporter.out)
+    if outcome["interrupted"]:
+        return 130
+    return 0 if records else 1
