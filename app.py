@@ -26,9 +26,8 @@ from editing import EditError, get_edit
 from inversion import session as S
 from inversion.align import AlignmentError, PredictorNotFoundError
 from inversion.checkpoints import BackgroundDownloader, CheckpointError, CheckpointMissingError
-from inversion.device import default_device
-from inversion.methods import METHODS, PRESETS
-from inversion.models import ModelSet
+from inversion.methods import METHODS, MethodRegistry
+from inversion.models import ModelSet, choose_device
 from inversion.result import Cancelled
 
 try:  # Hugging Face ZeroGPU; optional
@@ -44,7 +43,6 @@ MAX_FILE_SIZE = "25mb"
 STATE_TTL_S = 3600
 PTI_KEEP = 4
 """PTI-tuned generators kept alive for editing, over all visitors (an FFHQ copy is ~120 MB)."""
-DOWNLOAD_ORDER = ("dlib_landmarks", "stylegan2_ffhq", "vgg16", "e4e_ffhq", "irse50", "psp_ffhq")
 PLAIN_ERRORS = (AlignmentError, S.SessionError, EditError, CheckpointError, PredictorNotFoundError)
 OOPS = "Something went wrong on the server (details in the server log). Please try again."
 
@@ -56,23 +54,21 @@ code that redraws that face; the results appear side by side with their scores. 
 result is edited the same way (methods are compared on editing too), pasted back into your photo, and can be downloaded.
 """
 
-METHODS_HELP = """
-| method | how | 2-core CPU, FFHQ 1024 | GPU, FFHQ 1024 (estimate) |
-|---|---|---|---|
-| **e4e** | one encoder pass; codes kept close to W | ~15 s | < 1 s |
-| **pSp** | one encoder pass straight into W+ | ~15 s | < 1 s |
-| **W optimization** | optimizes one code for all layers (MSE + LPIPS) | ~50 min (*fast*, 150 steps) | ~10-30 s |
-| **W+ optimization** | optimizes a code per layer | ~50 min (*fast*) | ~10-30 s |
-| **PTI** | pivot code, then fine-tunes a private copy of the generator | hours | ~1-2 min |
-
-On a 2-core CPU one 1024 px image takes ~11 s to draw and one optimization step ~20 s (measured), so on CPU use the
-encoders, or the built-in 128 px model, which is far quicker. *balanced* runs ~2.7x and *quality* ~7x the steps of *fast*.
-
+TRADEOFF_HELP = """
 **Distortion vs editability.** The more freedom a method has (W+ codes, a tuned generator), the closer it redraws
 the photo (low MSE / LPIPS, high identity similarity) — but codes far from what the generator saw in training edit
 less reliably. *Code spread* (how much the per-layer codes differ; 0 = a single W code) is the editability proxy
-plotted against distortion below.
+plotted against distortion below. Without the LPIPS weights, the optimizing methods use MSE alone (the app says so).
 """
+
+
+def methods_help(methods: MethodRegistry = METHODS) -> str:
+    """The "what the methods do" text: one row per registered method, run times from the benchmark's measurements
+    (``bench/results/runtimes.json``; "not measured" where it has none)."""
+    return S.methods_help_markdown(S.load_runtimes(), methods) + TRADEOFF_HELP
+
+
+METHODS_HELP = methods_help()
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -181,16 +177,20 @@ def _plot_update(state: S.VisitorState) -> gr.ScatterPlot:
                           x_title=f"distortion ({name}) — lower is closer")
 
 
+def _label(state: S.VisitorState, method: str) -> str:
+    return state.results[method].label if method in state.results else method
+
+
 def _strip_gallery(state: S.VisitorState) -> list[tuple[Any, str]]:
     if state.edit is None:
         return []
-    return [(image, f"{METHODS[method].label} · {offset:+g}")
+    return [(image, f"{_label(state, method)} · {offset:+g}")
             for method, strip in state.edit.strips.items() for offset, image in zip(strip.offsets, strip.images)]
 
 
 def _method_dropdown(state: Optional[S.VisitorState]) -> gr.Dropdown:
     done = list(state.results) if state is not None else []
-    return gr.Dropdown(choices=[(METHODS[m].label, m) for m in done], value=done[0] if done else None)
+    return gr.Dropdown(choices=[(_label(state, m), m) for m in done], value=done[0] if done else None)
 
 
 # ------------------------------------------------------------------------------------------ the Blocks
@@ -200,15 +200,44 @@ def default_model_sets(device: Any, locate: Callable[[str], Path]) -> dict[str, 
     return {name: ModelSet(name, device=device, locate=locate) for name in ("ffhq", "builtin")}
 
 
+def _not_here(name: str) -> Path:
+    raise CheckpointMissingError(f"The weight file {name} is not downloaded yet (see the status panel).")
+
+
+def download_order(methods: MethodRegistry = METHODS) -> tuple[str, ...]:
+    """The files the app downloads, in order: landmarks, then what the registered methods need (run order),
+    then the metric models (:func:`inversion.session.download_order`)."""
+    return S.download_order(default_model_sets("cpu", _not_here), methods)
+
+
+DOWNLOAD_ORDER = download_order()
+
+
+def preset_parameter(method_key: str) -> str:
+    """The ``/invert`` argument name of a method's preset (``preset_w``, ``preset_wplus``, ``preset_pti``)."""
+    return f"preset_{S.safe_name(method_key)}"
+
+
+def _invert_signature(methods: MethodRegistry) -> inspect.Signature:
+    """``(family, methods, preset_<m>... (one per method with presets, run order), seed, state, progress)``."""
+    names = ["family", "methods", *(preset_parameter(m.key) for m in methods.with_presets()), "seed", "state"]
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
+    return inspect.Signature(params)
+
+
 def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
-               downloader: Optional[BackgroundDownloader] = None, pti_keep: int = PTI_KEEP) -> gr.Blocks:
+               downloader: Optional[BackgroundDownloader] = None, pti_keep: int = PTI_KEEP,
+               methods: MethodRegistry = METHODS) -> gr.Blocks:
     """Build the app. ``model_sets`` (family key -> ModelSet, first = preferred) default to FFHQ + built-in, with
     a :class:`BackgroundDownloader` for their files (started on the first page load or by :func:`main`); when
     ``model_sets`` are given, ``downloader`` is used only if passed (tests inject tiny in-memory sets).
     ``pti_keep``: how many PTI-tuned generators the app keeps for editing, over all visitors (older ones are
-    freed; their visitors are asked to run PTI again)."""
+    freed; their visitors are asked to run PTI again). ``methods``: the method registry the checkboxes, preset
+    controls, help table and status derive from (one ``/invert`` preset argument per method with presets)."""
+    registry = methods
     if model_sets is None:
-        downloader = downloader or BackgroundDownloader(list(DOWNLOAD_ORDER))
+        downloader = downloader or BackgroundDownloader(list(download_order(registry)))
 
         def locate(name: str) -> Path:
             path = downloader.path(name)
@@ -216,7 +245,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                 raise CheckpointMissingError(f"The weight file {name} is not downloaded yet (see the status panel).")
             return path
 
-        model_sets = default_model_sets(default_device(), locate)
+        model_sets = default_model_sets(choose_device(), locate)
     model_sets = dict(model_sets)
 
     def statuses() -> Optional[dict]:
@@ -258,8 +287,8 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         return wrapper
 
     def method_labels(family: str) -> list[tuple[str, str]]:
-        status = S.method_status(models_for(family), present())
-        return [(METHODS[m].label + ("" if status[m][0] else " (not ready)"), m) for m in S.METHOD_ORDER]
+        status = S.method_status(models_for(family), present(), registry)
+        return [(registry[m].label + ("" if status[m][0] else " (not ready)"), m) for m in registry.order]
 
     # ---------------------------------------------------------------- handlers
     # API-named handlers return plain values; layout changes (visibility, choices, columns) come from the
@@ -294,13 +323,19 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         return (gr.Gallery(visible=n_faces > 1), [], _metrics_frame(empty), _plot(empty), [], None, None,
                 _method_dropdown(None))
 
-    def _invert(family: str, methods: list[str], preset_w: str, preset_wplus: str, preset_pti: str, seed: float,
-                state: Optional[S.VisitorState], progress: gr.Progress = gr.Progress()):
+    with_presets = registry.with_presets()
+
+    def _invert(family: str, chosen: list[str], *rest: Any):
+        """``rest``: one preset per method with presets (run order), seed, state, and gradio's progress."""
+        n = len(with_presets)
+        presets = {m.key: p for m, p in zip(with_presets, rest[:n])}
+        seed, state = rest[n], rest[n + 1]
+        progress = rest[n + 2] if len(rest) > n + 2 else gr.Progress()
         state = _state(state)
         models = models_for(family)
         if state.aligned is None:
             raise S.SessionError("Align a photo first (step 1).")
-        if not methods:
+        if not chosen:
             raise S.SessionError("Tick at least one method.")
         seed = _whole(seed, "seed", default=0)
         if not 0 <= seed < 2**32:
@@ -315,20 +350,24 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         def on_progress(method: str, step: int, total: int, metrics: Mapping[str, float]) -> None:
             loss = metrics.get("loss")
             extra = f" · loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
-            progress((step, total), desc=f"{METHODS[method].label}: step {step}/{total}{extra}")
+            progress((step, total), desc=f"{registry[method].label}: step {step}/{total}{extra}")
 
-        presets = {"w": preset_w, "w+": preset_wplus, "pti": preset_pti}
-        yield outputs("Running " + ", ".join(METHODS[m].label for m in S.order_methods(methods)) + " …")
-        skipped = []
+        ordered = S.order_methods(chosen, registry)
+        yield outputs("Running " + ", ".join(registry[m].label for m in ordered) + " …")
+        skipped, notes = [], []
         try:
-            for item in S.run_inversions(models, image, methods, presets=presets, seed=state.seed,
+            for item in S.run_inversions(models, image, chosen, presets=presets, seed=state.seed,
                                          on_progress=on_progress, cancel=cancel, file_present=present(),
-                                         releasable=True):
+                                         releasable=True, keep_on_device=spaces is None, registry=registry):
                 if isinstance(item, S.Skipped):
                     skipped.append(item.reason)
                     gr.Warning(item.reason)
                     continue
-                state = S.add_result(state, item)
+                state = S.add_result(state, item, registry)
+                note = S.result_notes({item.method: item})
+                for text in note:
+                    gr.Warning(text)
+                notes.extend(note)
                 yield outputs(f"{item.label} done in {item.inversion.seconds:.1f} s.")
         except Cancelled:
             gr.Warning("Stopped. The methods that had finished are kept.")
@@ -336,8 +375,11 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         message = f"Done: {', '.join(ran)}." if ran else "Nothing ran."
         if skipped:
             message += " Skipped: " + " ".join(skipped)
+        if notes:
+            message += " Note: " + " ".join(notes)
         yield outputs(message)
 
+    _invert.__signature__ = _invert_signature(registry)  # type: ignore[attr-defined]  # named API arguments
     invert = _plain_errors(_keeping_tuned(_on_gpu(_invert, duration=240)))
 
     def after_invert(state: Optional[S.VisitorState]):
@@ -394,7 +436,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
     @_plain_errors
     def refresh_status(family: Optional[str], shown: Optional[list] = None):
         family = family if family in model_sets else first_family
-        text = S.status_markdown(models_for(family), present(), statuses())
+        text = S.status_markdown(models_for(family), present(), statuses(), registry)
         banner = S.family_banner(model_sets, family, present(), statuses())
         labels = method_labels(family)
         methods_update = gr.skip() if shown == labels else gr.CheckboxGroup(choices=labels)
@@ -406,11 +448,11 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         models = models_for(family)
         files = {name: {"state": st.state, "message": st.message, "bytes_done": st.bytes_done,
                         "bytes_total": st.bytes_total} for name, st in (statuses() or {}).items()}
-        ready = S.method_status(models, present())
+        ready = S.method_status(models, present(), registry)
         return {"family": family, "families": list(model_sets),
                 "default_family": S.default_family(model_sets, present()),
                 "methods": {m: {"ready": ok, "reason": why} for m, (ok, why) in ready.items()},
-                "files": files, "text": S.status_markdown(models, present(), statuses()),
+                "files": files, "text": S.status_markdown(models, present(), statuses(), registry),
                 "banner": S.family_banner(model_sets, family, present(), statuses())}
 
     @_plain_errors
@@ -440,7 +482,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         gr.Markdown(INTRO)
         banner = gr.Markdown(S.family_banner(model_sets, first_family, present(), statuses()), elem_id="banner")
         with gr.Accordion("Model files and status", open=False):
-            status_md = gr.Markdown(S.status_markdown(models_for(first_family), present(), statuses()),
+            status_md = gr.Markdown(S.status_markdown(models_for(first_family), present(), statuses(), registry),
                                     elem_id="status")
         timer = gr.Timer(3.0, active=downloader is not None)
 
@@ -465,13 +507,15 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
             with gr.Column(scale=1):
                 family = gr.Radio([(m.family.label, k) for k, m in model_sets.items()], value=first_family,
                                   label="Model", elem_id="family")
-                methods = gr.CheckboxGroup(method_labels(first_family), value=["e4e", "psp"],
+                methods = gr.CheckboxGroup(method_labels(first_family),
+                                           value=[m for m in ("e4e", "psp") if m in registry],
                                            label="Methods (fast ones run first)", elem_id="methods")
                 with gr.Accordion("Presets and seed", open=False):
-                    default_preset = "fast" if on_cpu else "balanced"
-                    preset_w = gr.Radio(list(PRESETS), value=default_preset, label="W optimization preset")
-                    preset_wplus = gr.Radio(list(PRESETS), value=default_preset, label="W+ optimization preset")
-                    preset_pti = gr.Radio(list(PRESETS), value=default_preset, label="PTI preset")
+                    wanted = "fast" if on_cpu else "balanced"
+                    preset_controls = [
+                        gr.Radio(list(m.presets), value=wanted if wanted in m.presets else m.default_preset,
+                                 label=f"{m.label} preset", elem_id=preset_parameter(m.key))
+                        for m in with_presets]
                     seed = gr.Number(0, precision=0, label="Seed")
                 with gr.Row():
                     run_btn = gr.Button("Run", variant="primary", elem_id="run-btn")
@@ -491,7 +535,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                                       x_title="distortion (LPIPS; MSE when LPIPS is missing) — lower is closer",
                                       y_title="code spread — lower edits better", height=260, elem_id="tradeoff")
         with gr.Accordion("What the methods do, and expected run times", open=False):
-            gr.Markdown(METHODS_HELP)
+            gr.Markdown(methods_help(registry))
 
         gr.Markdown("## 3 · Edit & download")
         with gr.Row():
@@ -530,7 +574,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                         ).success(after_align, [state], cleared, **private)
         faces.select(pick_face, [state], [state, aligned, faces, photo_info], api_visibility="private",
                      concurrency_id="cpu-heavy").success(after_align, [state], cleared, **private)
-        run_btn.click(invert, [family, methods, preset_w, preset_wplus, preset_pti, seed, state],
+        run_btn.click(invert, [family, methods, *preset_controls, seed, state],
                       [state, cancel_state, results, table, plot, run_info], api_name="invert",
                       concurrency_id="gpu", concurrency_limit=1, show_progress_on=[run_info], preprocess=False
                       ).then(after_invert, [state], [edit_name, paste_method], **private)

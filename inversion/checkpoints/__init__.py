@@ -27,7 +27,7 @@ from inversion.checkpoints.registry import (
     CheckpointSpec, Source, get_spec, license_table_markdown, names_for,
 )
 from inversion.checkpoints.status import BackgroundDownloader, FileState, FileStatus, file_status, status
-from inversion.checkpoints.verify import _MARKER_DIR, file_sha256, sha256_file  # noqa: F401 (_MARKER_DIR: tests)
+from inversion.checkpoints.verify import _MARKER_DIR, file_sha256, sha256_file  # noqa: F401 (tests)
 
 __all__ = [
     "BUNDLED", "BackgroundDownloader", "BundledFile", "CheckpointError", "CheckpointMissingError", "CheckpointSpec",

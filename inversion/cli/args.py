@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 from editing import EDITS, EditError, get_edit
 from inversion import session as S
-from inversion.methods import METHODS, PRESETS
+from inversion.methods import METHODS, MethodRegistry
 from inversion.models import FAMILIES
 
 
@@ -61,34 +61,50 @@ def _edit_arg(text: str) -> EditArg:
     return EditArg(name, component, offset)
 
 
+def _methods_arg_for(registry: MethodRegistry):
+    """The ``--methods`` value parser for ``registry``: names -> known methods in run order."""
+    def parse(text: str) -> list[str]:
+        names = [m.strip().lower() for m in text.split(",") if m.strip()]
+        try:
+            methods = S.order_methods(names, registry)
+        except S.SessionError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        if not methods:
+            raise argparse.ArgumentTypeError("name at least one method")
+        return methods
+    return parse
+
+
 def _methods_arg(text: str) -> list[str]:
-    names = [m.strip().lower() for m in text.split(",") if m.strip()]
-    try:
-        methods = S.order_methods(names)
-    except S.SessionError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    if not methods:
-        raise argparse.ArgumentTypeError("name at least one method")
-    return methods
+    return _methods_arg_for(METHODS)(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (``--help`` shows the method, preset and edit names)."""
+def _preset_names(registry: MethodRegistry) -> list[str]:
+    return list(dict.fromkeys(p for m in registry.with_presets() for p in m.presets))
+
+
+def build_parser(registry: MethodRegistry = METHODS) -> argparse.ArgumentParser:
+    """The argument parser (``--help`` shows the method, preset and edit names of ``registry``)."""
     edits = ", ".join(e.name for e in EDITS)
+    with_presets = ", ".join(m.key for m in registry.with_presets())
+    methods_help = "\n".join(f"  {m.key:<5} {m.label}: {m.description}" for m in registry.values())
+    parse_methods = _methods_arg_for(registry)
     p = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Invert face photos into StyleGAN2 codes with the app's methods; optionally edit and paste back.",
-        epilog=f"methods: {', '.join(S.METHOD_ORDER)}; presets (w, w+, pti): {', '.join(PRESETS)}\n"
+        epilog=f"methods: {', '.join(registry.order)}; presets ({with_presets}): "
+               f"{', '.join(_preset_names(registry))}\n{methods_help}\n"
                f"edits: {edits}\n\n"
                f"example: {PROG} photos/ --out results/ --methods e4e,w+ --preset fast --edit smile=2 --paste-back\n"
                "exit status: 0 = at least one photo done, 1 = none, 2 = bad arguments, 130 = stopped (Ctrl-C)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="photo files and/or folders of photos")
     p.add_argument("-o", "--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
     p.add_argument("-r", "--recursive", action="store_true", help="also look in sub-folders of INPUT folders")
-    p.add_argument("--methods", type=_methods_arg, default=_methods_arg(DEFAULT_METHODS), metavar="LIST",
-                   help=f"comma-separated methods (default {DEFAULT_METHODS}); run fast ones first")
+    p.add_argument("--methods", type=parse_methods, default=parse_methods(DEFAULT_METHODS), metavar="LIST",
+                   help=f"comma-separated methods (default {DEFAULT_METHODS}) of: {', '.join(registry.order)}; "
+                        "fast ones run first")
     p.add_argument("--preset", action="append", default=[], metavar="[METHOD=]PRESET",
-                   help="preset for w, w+ and pti, or for one method (repeatable); default fast on CPU, "
+                   help=f"preset for {with_presets}, or for one method (repeatable); default fast on CPU, "
                         "balanced on GPU")
     p.add_argument("--family", default="auto", metavar="NAME",
                    help=f"model family: auto (default: FFHQ when its weights are here, else the built-in "
@@ -105,24 +121,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _presets(args_presets: Sequence[str], methods: Sequence[str], default: str) -> dict[str, str]:
+def _presets(args_presets: Sequence[str], methods: Sequence[str], default: str,
+             registry: MethodRegistry = METHODS) -> dict[str, str]:
     """Resolved preset per method: per-method ``METHOD=PRESET`` over a plain ``PRESET`` over ``default``."""
+    names = _preset_names(registry)
     common, per_method = None, {}
     for text in args_presets:
         method, eq, preset = text.rpartition("=")
         preset = preset.strip().lower()
-        if preset not in PRESETS:
-            raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        if preset not in names:
+            raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(names)}")
         if eq:
             method = method.strip().lower()
-            if method not in METHODS or preset not in METHODS[method].presets:
-                raise UsageError(f"--preset {text}: only w, w+ and pti have presets")
+            if method not in registry or preset not in registry[method].presets:
+                raise UsageError(f"--preset {text}: only {', '.join(m.key for m in registry.with_presets())} "
+                                 "have presets")
             per_method[method] = preset
         else:
             common = preset
     out = {}
     for m in methods:
-        choices = METHODS[m].presets
+        choices = registry[m].presets
         out[m] = per_method.get(m) or (common if common in choices else None) or (
             default if default in choices else choices[0])
     return out

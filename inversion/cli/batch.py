@@ -10,7 +10,8 @@ from typing import Any, Mapping, Sequence
 from inversion.cli.photo import METRIC_KEYS, _write_json
 
 
-CSV_COLUMNS = ("photo", "source", "family", "method", "label", "preset", *METRIC_KEYS)
+CSV_COLUMNS = ("photo", "source", "family", "method", "label", "preset", *METRIC_KEYS, "optimized_on")
+"""``optimized_on``: "MSE + LPIPS", "MSE only" (the LPIPS network was missing) or empty (encoders)."""
 PARTIAL = ".partial"
 STATUSES = ("done", "already done", "skipped", "failed", "not reached")
 
@@ -21,7 +22,8 @@ def _csv_rows(name: str, record: Mapping[str, Any]) -> list[list[Any]]:
         m = entry.get("metrics", {})
         rows.append([name, record.get("source", {}).get("path", ""), record.get("model", {}).get("family", ""),
                      method, entry.get("label", ""), entry.get("preset", ""),
-                     *("" if m.get(k) is None else repr(float(m[k])) for k in METRIC_KEYS)])
+                     *("" if m.get(k) is None else repr(float(m[k])) for k in METRIC_KEYS),
+                     entry.get("optimized_on", "")])
     return rows
 
 

@@ -25,18 +25,16 @@ from inversion.cli.loading import (
 from inversion.cli.photo import FORMAT, PhotoSkipped, _check_cancel, _read_record, _publish, invert_photo
 from inversion.cli.ranks import BatchTable
 from inversion.cli.report import Reporter
-from inversion.device import default_device
-from inversion.methods import METHODS
-from inversion.models import ModelSet
+from inversion.methods import METHODS, MethodRegistry
+from inversion.models import ModelSet, choose_device
 from inversion.result import Cancelled
 
 
 def _device(choice: str) -> torch.device:
-    if choice == "auto":
-        return default_device()
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
-    return torch.device(choice)
+    try:
+        return choose_device(choice)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _resolve_edits(edits: Sequence[EditArg], models: ModelSet) -> list[dict[str, Any]]:
@@ -60,11 +58,12 @@ def _resolve_edits(edits: Sequence[EditArg], models: ModelSet) -> list[dict[str,
 
 def main(argv: Optional[Sequence[str]] = None, *, model_sets: Optional[ModelSetFactory] = None,
          cancel: Optional[threading.Event] = None, stdout: Optional[TextIO] = None,
-         stderr: Optional[TextIO] = None) -> int:
+         stderr: Optional[TextIO] = None, methods: MethodRegistry = METHODS) -> int:
     """Run the command line; returns the exit status. ``model_sets`` (tests) replaces :func:`default_model_sets`;
-    ``cancel`` stops the batch cleanly when set (Ctrl-C sets it; a second Ctrl-C stops at once)."""
+    ``cancel`` stops the batch cleanly when set (Ctrl-C sets it; a second Ctrl-C stops at once); ``methods``: the
+    method registry the choices come from."""
     out_stream, err_stream = stdout or sys.stdout, stderr or sys.stderr
-    parser = build_parser()
+    parser = build_parser(methods)
     try:
         with contextlib.redirect_stdout(out_stream), contextlib.redirect_stderr(err_stream):
             args = parser.parse_args(argv)
@@ -87,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None, *, model_sets: Optional[ModelSetF
             term = signal.signal(signal.SIGTERM, on_sigint)
         device = D.rank_device(launch, _device(args.device))
         with D.open_ranks(launch, device) as ranks:
-            return _run(args, model_sets or default_model_sets, cancel, reporter, ranks)
+            return _run(args, model_sets or default_model_sets, cancel, reporter, ranks, methods)
     except UsageError as err:
         reporter.close()
         parser.print_usage(err_stream)
@@ -105,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None, *, model_sets: Optional[ModelSetF
 
 
 def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.Event, reporter: Reporter,
-         ranks: D.Ranks) -> int:
+         ranks: D.Ranks, registry: MethodRegistry = METHODS) -> int:
     """The batch for this process: every photo, or this rank's share of them under torchrun."""
     if args.face < 0:
         raise UsageError("--face must be 0 or more")
@@ -121,7 +120,7 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
     if family not in sets:
         raise UsageError(f"unknown model family {family!r}; choose auto or one of {', '.join(sets)}")
     models = sets[family]
-    presets = _presets(args.preset, args.methods, "balanced" if device.type == "cuda" else "fast")
+    presets = _presets(args.preset, args.methods, "balanced" if device.type == "cuda" else "fast", registry)
     edits = _resolve_edits(args.edit, models)
     settings = {"format": FORMAT, "family": models.family.name, "methods": list(args.methods), "presets": presets,
                 "seed": int(args.seed), "face": int(args.face), "edits": edits, "paste_back": bool(args.paste_back)}
@@ -149,7 +148,7 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
     def ensure_models() -> Loaded:
         if not loaded:
             reporter.progress(0.0, "loading models")
-            ready = load_models(models, settings["methods"])
+            ready = load_models(models, settings["methods"], registry)
             for note in ready.notes:
                 reporter.line(f"note: {_display(note)}")
             if not ready.methods:
@@ -167,10 +166,10 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
         loss = metrics.get("loss") if metrics else None
         extra = f" loss {loss:.4f}" if isinstance(loss, (int, float)) and math.isfinite(loss) else ""
         reporter.progress((done + (step / total if total else 0.0)) / len(methods),
-                          f"{METHODS[method].label} {step}/{total}{extra}", key=method)
+                          f"{registry[method].label} {step}/{total}{extra}", key=method)
 
     reporter.info(f"{len(files)} file(s); {models.family.label}; methods "
-                  + ", ".join(m if METHODS[m].presets == ("default",) else f"{m} ({p})" for m, p in presets.items())
+                  + ", ".join(m if not registry[m].has_presets else f"{m} ({p})" for m, p in presets.items())
                   + f"; device {device}; output {_display(out)}"
                   + (f"; process {ranks.launch.rank} of {ranks.launch.world_size}: {len(table.mine)} file(s)"
                      if table.distributed else ""))
@@ -199,7 +198,7 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
             shutil.rmtree(staging, ignore_errors=True)
             try:
                 record = invert_photo(models, path, staging, settings=settings, source_sha256=sha, edits=args.edit,
-                                      ensure_models=ensure_models, on_progress=on_progress,
+                                      ensure_models=ensure_models, on_progress=on_progress, registry=registry,
                                       on_stage=lambda text: reporter.progress(1.0, text), cancel=cancel)
                 _publish(staging, final)
             except PhotoSkipped as err:

@@ -12,8 +12,9 @@ from inversion import checkpoints
 from inversion import session as S
 from inversion.checkpoints import CheckpointError
 from inversion.cli.report import Reporter
-from inversion.methods import METHODS
+from inversion.methods import METHODS, MSE_ONLY_NOTE, MethodRegistry
 from inversion.models import FAMILIES, ModelSet
+from inversion.pieces import METRIC_PIECES
 
 
 Locator = Callable[[str], Path]
@@ -39,10 +40,11 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
 
 
-def load_models(models: ModelSet, methods: Sequence[str]) -> Loaded:
+def load_models(models: ModelSet, methods: Sequence[str], registry: MethodRegistry = METHODS) -> Loaded:
     """Load the generator and every piece ``methods`` use, once (downloads happen here).
 
-    A missing generator raises :class:`FatalError`; a missing encoder drops its method (with a note); missing
+    A missing generator raises :class:`FatalError`; a method whose other needed pieces are missing is dropped
+    (with a note); a missing optional piece (e4e start, LPIPS) is noted, and the methods run without it; missing
     metric models leave that metric empty.
     """
     try:
@@ -52,29 +54,43 @@ def load_models(models: ModelSet, methods: Sequence[str]) -> Loaded:
     except (CheckpointError, alignment.PredictorNotFoundError) as err:
         raise FatalError(str(err)) from None
     usable, dropped, notes = [], {}, []
-    wants_e4e = any(m in ("w", "w+", "pti") for m in methods)
     for method in methods:
-        if method in ("e4e", "psp"):
-            try:
-                models.encoder(method)
-            except CheckpointError as err:
-                dropped[method] = f"{METHODS[method].label} cannot run: {err}"
-                notes.append(dropped[method])
-                continue
+        spec = registry[method]
+        try:
+            for piece in spec.needs:
+                if piece != "generator":
+                    models.load_piece(registry.pieces[piece])
+        except CheckpointError as err:
+            dropped[method] = f"{spec.label} cannot run: {err}"
+            notes.append(dropped[method])
+            continue
         usable.append(method)
-    if wants_e4e and "e4e" not in methods:
+    chosen = [registry[m] for m in usable]
+    optional = [p for p in dict.fromkeys(p for m in chosen for p in m.optional) if p not in METRIC_PIECES]
+    for piece in optional:
+        if any(piece in m.needs for m in chosen):
+            continue  # loaded above
         try:
-            models.encoder("e4e")
+            models.load_piece(registry.pieces[piece])
         except CheckpointError:
-            notes.append("the e4e encoder is missing: optimization starts from the average code")
-    optional = [(models.lpips, "LPIPS")]
-    if models.family.name == "ffhq":
-        optional.append((models.identity, "identity similarity"))
-    for load, what in optional:
+            users = ", ".join(m.label for m in chosen if piece in m.optional)
+            if piece == "encoder:e4e":
+                notes.append("the e4e encoder is missing: optimization starts from the average code")
+            else:
+                notes.append(f"the {registry.piece_label(piece)} is missing: {users} run without it")
+    for piece in METRIC_PIECES:
+        spec = registry.pieces.get(piece)
+        if spec is None or (spec.families and models.family.name not in spec.families):
+            continue
         try:
-            load()
+            models.load_piece(spec)
         except (CheckpointError, OSError) as err:
+            what = {"lpips": "LPIPS", "identity": "identity similarity"}.get(piece, spec.label)
             notes.append(f"{what} is left empty: {err}")
+            if piece == "lpips":
+                mse_only = [m.label for m in chosen if "lpips" in m.optional]
+                if mse_only:
+                    notes.append(f"{', '.join(mse_only)}: {MSE_ONLY_NOTE}")
     return Loaded(usable, dropped, notes)
 
 

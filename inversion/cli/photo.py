@@ -21,6 +21,7 @@ from inversion.checkpoints import CheckpointError
 from inversion.cli.args import EditArg
 from inversion.cli.inputs import _display
 from inversion.cli.loading import FatalError, Loaded
+from inversion.methods import METHODS, MethodRegistry
 from inversion.models import ModelSet
 from inversion.result import Cancelled
 
@@ -53,9 +54,17 @@ def _check_cancel(cancel: threading.Event) -> None:
         raise Cancelled("stopped")
 
 
+def optimized_on(info: Mapping[str, Any]) -> str:
+    """What a method's loss was made of: "MSE + LPIPS", "MSE only" (LPIPS missing), or "" (no optimization)."""
+    if "lpips_used" not in info:
+        return ""
+    return "MSE + LPIPS" if info["lpips_used"] else "MSE only"
+
+
 def invert_photo(models: ModelSet, path: Path, folder: Path, *, settings: Mapping[str, Any], source_sha256: str,
                  edits: Sequence[EditArg], ensure_models: Callable[[], Loaded], on_progress: S.ProgressFn,
-                 on_stage: Callable[[str], None], cancel: threading.Event) -> dict[str, Any]:
+                 on_stage: Callable[[str], None], cancel: threading.Event,
+                 registry: MethodRegistry = METHODS) -> dict[str, Any]:
     """Open, align, invert, edit and paste back one photo with :mod:`inversion.session`; write its files into
     ``folder`` (metrics.json last) and return the metrics.json record.
 
@@ -85,13 +94,15 @@ def invert_photo(models: ModelSet, path: Path, folder: Path, *, settings: Mappin
     image = S.model_input(state, models.family.size)
     skipped = dict(loaded.dropped)
     for item in S.run_inversions(models, image, loaded.methods, presets=settings["presets"], seed=settings["seed"],
-                                 on_progress=on_progress, cancel=cancel, file_present=S.file_present_from({})):
+                                 on_progress=on_progress, cancel=cancel, file_present=S.file_present_from({}),
+                                 registry=registry):
         if isinstance(item, S.Skipped):
             skipped[item.method] = item.reason
         else:
-            state = S.add_result(state, item)
+            state = S.add_result(state, item, registry)
     if not state.results:
         raise PhotoSkipped("no method could run (" + "; ".join(skipped.values()) + ")")
+    warnings.extend(S.result_notes(state.results))
     _check_cancel(cancel)
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,7 +115,11 @@ def invert_photo(models: ModelSet, path: Path, folder: Path, *, settings: Mappin
         _npy(folder, f"{key}_wplus", r.inversion.w_plus, files)
         results[method] = {"label": r.label, "preset": r.preset,
                            "metrics": {k: _finite(r.metrics.get(k)) for k in METRIC_KEYS},
-                           "wplus_shape": list(r.inversion.w_plus.shape), "start": r.inversion.info.get("start")}
+                           "wplus_shape": list(r.inversion.w_plus.shape), "start": r.inversion.info.get("start"),
+                           "optimized_on": optimized_on(r.inversion.info),
+                           "recipe": r.inversion.info.get("recipe", {})}
+        if r.inversion.info.get("warning"):
+            results[method]["warning"] = r.inversion.info["warning"]
         if r.inversion.generator is not None:
             results[method]["note"] = "its codes reproduce the photo only with the PTI-tuned generator (not saved)"
     if settings["paste_back"]:

@@ -17,24 +17,29 @@ files), :mod:`.status_text` (status panel, banner).
 from __future__ import annotations
 
 from inversion.session.availability import (
-    METHOD_ORDER, default_family, file_present_from, method_status, order_methods, piece_present,
+    METHOD_ORDER, default_family, download_order, file_present_from, method_order, method_status, order_methods,
+    piece_present,
 )
 from inversion.session.edits import EditControl, edit_choices, edit_control, edit_results, edit_strengths, strip_offsets
 from inversion.session.export import export_files, paste_result, safe_name, sweep_old
 from inversion.session.photo import align_photo, face_thumbnails, model_input, open_photo, photo_notes
-from inversion.session.running import METRIC_COLUMNS, add_result, metrics_rows, run_inversions, tradeoff_points
+from inversion.session.running import (
+    METRIC_COLUMNS, add_result, metrics_rows, result_notes, run_inversions, tradeoff_points,
+)
 from inversion.session.state import (
     ALIGN_SIZE, IDENTITY_MODEL, STRIP_STEPS, WORK_MAX_SIDE, EditOutcome, EditStrip, FilePresent, MethodResult, Photo,
     ProgressFn, SessionError, Skipped, TunedCache, TunedGenerator, VisitorState, new_state, to_pil, to_tensor,
 )
+from inversion.session.runtimes import load_runtimes, methods_help_markdown
 from inversion.session.status_text import family_banner, status_markdown
 
 __all__ = [
-    "ALIGN_SIZE", "EditControl", "EditOutcome", "EditStrip", "FilePresent", "IDENTITY_MODEL", "METHOD_ORDER", "METRIC_COLUMNS",
-    "MethodResult", "Photo", "ProgressFn", "STRIP_STEPS", "SessionError", "Skipped", "TunedCache", "TunedGenerator", "VisitorState", "WORK_MAX_SIDE", "add_result",
-    "align_photo", "default_family", "edit_choices", "edit_control", "edit_results", "edit_strengths",
-    "export_files", "face_thumbnails", "family_banner", "file_present_from", "method_status", "metrics_rows",
-    "model_input", "new_state", "open_photo", "order_methods", "paste_result", "photo_notes", "piece_present",
-    "run_inversions", "safe_name", "status_markdown", "strip_offsets", "sweep_old", "to_pil", "to_tensor",
-    "tradeoff_points",
+    "ALIGN_SIZE", "EditControl", "EditOutcome", "EditStrip", "FilePresent", "IDENTITY_MODEL", "METHOD_ORDER",
+    "METRIC_COLUMNS", "MethodResult", "Photo", "ProgressFn", "STRIP_STEPS", "SessionError", "Skipped", "TunedCache",
+    "TunedGenerator", "VisitorState", "WORK_MAX_SIDE", "add_result", "align_photo", "default_family",
+    "download_order", "edit_choices", "edit_control", "edit_results", "edit_strengths", "export_files",
+    "face_thumbnails", "family_banner", "file_present_from", "load_runtimes", "method_order", "method_status",
+    "methods_help_markdown", "metrics_rows", "model_input", "new_state", "open_photo", "order_methods",
+    "paste_result", "photo_notes", "piece_present", "result_notes", "run_inversions", "safe_name",
+    "status_markdown", "strip_offsets", "sweep_old", "to_pil", "to_tensor", "tradeoff_points",
 ]

@@ -1,18 +1,27 @@
-"""Which methods can run now: model pieces, the files behind them, and their plain-word labels."""
+"""Which methods can run now: model pieces, the files behind them, and their plain-word labels.
+
+Every list here derives from a :class:`~inversion.methods.MethodRegistry` (default: the shipped
+:data:`~inversion.methods.METHODS`); pass another registry to see its methods."""
 from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
 from inversion import models as model_files
 from inversion.checkpoints import REGISTRY, FileStatus
-from inversion.methods import METHODS, available
+from inversion.methods import METHODS, MethodRegistry, available
 from inversion.models import ModelSet
-from inversion.session.state import IDENTITY_MODEL, FilePresent, SessionError
+from inversion.session.state import FilePresent, SessionError
 
-METHOD_ORDER = ("e4e", "psp", "w", "w+", "pti")
-"""Run order: the one-pass encoders first, so their results show while the slow methods work."""
-_PIECE_LABEL = {"generator": "generator", "encoder:e4e": "e4e encoder", "encoder:psp": "pSp encoder",
-                "lpips": "LPIPS (VGG16)", "identity": f"identity ({IDENTITY_MODEL})"}
+METHOD_ORDER = METHODS.order
+"""Run order of the shipped methods: the one-pass encoders first, so their results show while the slow methods
+work (:func:`method_order` for another registry)."""
+_PIECE_LABEL = {key: piece.label for key, piece in METHODS.pieces.items()}
+"""Plain-word names of the shipped model pieces (``MethodRegistry.piece_label`` for another registry)."""
+
+
+def method_order(methods: MethodRegistry = METHODS) -> tuple[str, ...]:
+    """Method keys in run order."""
+    return methods.order
 
 
 def file_present_from(statuses: Optional[Mapping[str, FileStatus]]) -> FilePresent:
@@ -25,33 +34,32 @@ def file_present_from(statuses: Optional[Mapping[str, FileStatus]]) -> FilePrese
     return present
 
 
-def _piece_files(models: ModelSet, piece: str) -> tuple[str, ...]:
-    family = models.family
-    if piece == "generator":
-        return family.generator_files
-    if piece.startswith("encoder:"):
-        name = family.encoder_files.get(piece.split(":", 1)[1])
-        return (name,) if name else ()
-    return {"lpips": ("vgg16",), "identity": ("irse50",)}.get(piece, ())
+def _piece_files(models: ModelSet, piece: str, methods: MethodRegistry = METHODS) -> tuple[str, ...]:
+    """The files that can serve ``piece`` in the models' family (first = the one to download)."""
+    spec = methods.pieces.get(piece)
+    if spec is None or (spec.families and models.family.name not in spec.families):
+        return ()
+    return tuple(spec.files(models.family))
 
 
-def piece_present(models: ModelSet, piece: str, file_present: FilePresent) -> bool:
+def piece_present(models: ModelSet, piece: str, file_present: FilePresent, methods: MethodRegistry = METHODS) -> bool:
     """Whether a model piece ("generator", "encoder:e4e", "lpips", ...) is loaded or its files are present."""
-    return piece in models.loaded() or any(file_present(name) for name in _piece_files(models, piece))
+    return piece in models.loaded() or any(file_present(name) for name in _piece_files(models, piece, methods))
 
 
-def method_status(models: ModelSet, file_present: FilePresent) -> dict[str, tuple[bool, str]]:
-    """``{method: (can_run, reason_when_not)}`` for every method, in :data:`METHOD_ORDER`; reasons name the
-    missing weights in plain words."""
+def method_status(models: ModelSet, file_present: FilePresent,
+                  methods: MethodRegistry = METHODS) -> dict[str, tuple[bool, str]]:
+    """``{method: (can_run, reason_when_not)}`` for every method, in run order; reasons name the missing weights
+    in plain words."""
     def present(piece: str) -> bool:
-        return piece_present(models, piece, file_present)
+        return piece_present(models, piece, file_present, methods)
 
     out = {}
-    for m in METHOD_ORDER:
-        ok, reason = available(models, m, present=present)
+    for m, spec in methods.items():
+        ok, reason = available(models, m, present=present, methods=methods)
         if not ok:
-            missing = [_PIECE_LABEL.get(p, p) for p in METHODS[m].needs if not present(p)]
-            reason = f"{METHODS[m].label} needs {' and '.join(missing)} weights (not downloaded yet)"
+            missing = [methods.piece_label(p) for p in spec.needs if not present(p)]
+            reason = f"{spec.label} needs {' and '.join(missing)} weights (not downloaded yet)"
         out[m] = (ok, reason)
     return out
 
@@ -64,9 +72,27 @@ def default_family(model_sets: Mapping[str, ModelSet], file_present: FilePresent
     return next(iter(model_sets))
 
 
-def order_methods(methods: Sequence[str]) -> list[str]:
+def order_methods(names: Sequence[str], methods: MethodRegistry = METHODS) -> list[str]:
     """Unique known methods, fast ones first; raises :class:`SessionError` for an unknown name."""
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in names if m not in methods]
     if unknown:
-        raise SessionError(f"Unknown method(s) {', '.join(map(repr, unknown))}; choose from {', '.join(METHOD_ORDER)}.")
-    return [m for m in METHOD_ORDER if m in set(methods)]
+        raise SessionError(f"Unknown method(s) {', '.join(map(repr, unknown))}; "
+                           f"choose from {', '.join(methods.order)}.")
+    return [m for m in methods.order if m in set(names)]
+
+
+def download_order(model_sets: Mapping[str, ModelSet], methods: MethodRegistry = METHODS,
+                   first: Sequence[str] = ("dlib_landmarks",)) -> tuple[str, ...]:
+    """Registry files to fetch, in order: ``first`` (face alignment), then, per family and in run order, the
+    preferred file of each piece the methods need, then of the pieces they use when present and the metric
+    pieces (LPIPS, identity). Built-in files (not in the checkpoint registry) are left out."""
+    from inversion.pieces import METRIC_PIECES
+
+    names = list(first)
+    pieces = [*methods.used_pieces(), *(p for p in METRIC_PIECES if p in methods.pieces)]
+    for models in model_sets.values():
+        for piece in pieces:
+            files = _piece_files(models, piece, methods)
+            if files and files[0] in REGISTRY:
+                names.append(files[0])
+    return tuple(dict.fromkeys(names))

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from editing import EditRequest, coordinate, get_edit, list_edits, load_pca, render_edits
+from editing import EditRequest, apply_edits, coordinate, get_edit, list_edits, load_pca, render_codes
 from editing.directions import data_file
 from inversion.checkpoints import CheckpointError
 from inversion.models import ModelSet
@@ -125,19 +125,16 @@ def edit_results(models: ModelSet, state: VisitorState, name: str, offset: float
     device = models.device
     strips = {}
     for method, result in state.results.items():
-        inv = _inversion_to(result.full_inversion(), device, copy_generator=True)
+        inv = _inversion_to(result.full_inversion(), device, copy_generator=True)  # tuned G: already there
         strengths = edit_strengths(name, inv.w_plus, wanted)
         todo = [s for o, s in zip(wanted, strengths) if o != 0]
         images: dict[float, Image.Image] = {}
         codes: dict[float, torch.Tensor] = {}
         if todo:
-            with torch.no_grad():
-                rendered = render_edits(inv, [request], todo, base_generator=base, batch_size=batch_size,
-                                        generator_kind=models.family.edit_kind, cache_dir=cache_dir)
-            from editing import apply_edits
-
-            edited_codes = apply_edits(inv, [request], generator=base, generator_kind=models.family.edit_kind,
-                                       strengths=todo, cache_dir=cache_dir)
+            with torch.no_grad():  # one code tensor: rendered, and kept as the edited codes
+                edited_codes = apply_edits(inv, [request], generator=base, generator_kind=models.family.edit_kind,
+                                           strengths=todo, cache_dir=cache_dir)
+                rendered = render_codes(inv, edited_codes, base_generator=base, batch_size=batch_size)
             nonzero = [o for o in wanted if o != 0]
             for i, o in enumerate(nonzero):
                 images[o] = to_pil(rendered[i:i + 1])

@@ -71,7 +71,10 @@ def export_files(state: VisitorState, folder: Path, *, app_name: str = "stylegan
         npy(f"{key}_wplus", r.inversion.w_plus)
         entry: dict[str, Any] = {"label": r.label, "preset": r.preset,
                                  "metrics": {k: _fmt(v, 6) for k, v in r.metrics.items()},
-                                 "wplus_file": f"{key}_wplus.npy", "wplus_shape": list(r.inversion.w_plus.shape)}
+                                 "wplus_file": f"{key}_wplus.npy", "wplus_shape": list(r.inversion.w_plus.shape),
+                                 "recipe": r.inversion.info.get("recipe", {})}
+        if r.inversion.info.get("warning"):
+            entry["warning"] = r.inversion.info["warning"]
         if r.inversion.generator is not None or r.tuned is not None:
             entry["note"] = "these codes reproduce the photo only with the PTI-tuned generator (not exported)"
         if state.edit is not None and method in state.edit.strips:

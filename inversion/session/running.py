@@ -9,18 +9,21 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 import torch
 
 from inversion.checkpoints import CheckpointError, CheckpointMissingError
-from inversion.methods import METHODS, evaluate, invert
+from inversion.methods import METHODS, MethodRegistry, StartCache, evaluate, invert
 from inversion.models import ModelSet
 from inversion.result import Inversion
-from inversion.session.availability import _PIECE_LABEL, METHOD_ORDER, method_status, order_methods
+from inversion.session.availability import _PIECE_LABEL, method_status, order_methods
 from inversion.session.state import (
     FilePresent, MethodResult, ProgressFn, SessionError, Skipped, TunedGenerator, VisitorState,
 )
 
 
-def _inversion_to(inv: Inversion, device: torch.device, *, copy_generator: bool) -> Inversion:
+def _inversion_to(inv: Inversion, device: torch.device, *, copy_generator: bool,
+                  keep_generator: bool = False) -> Inversion:
+    """``inv`` with its tensors on ``device``. Its tuned generator stays where it is with ``keep_generator``;
+    otherwise it moves too, as a copy with ``copy_generator`` (the stored one is left alone)."""
     gen = inv.generator
-    if gen is not None:
+    if gen is not None and not keep_generator:
         ref = next(iter(gen.parameters()))
         if ref.device != device:
             if copy_generator:
@@ -66,6 +69,9 @@ class _LoadErrorsAsCheckpointErrors:
     def encoder(self, kind: str) -> Any:
         return self._load(f"{_PIECE_LABEL.get('encoder:' + kind, kind)}", lambda: self._models.encoder(kind))
 
+    def load_piece(self, piece: Any) -> Any:
+        return self._load(piece.label, lambda: self._models.load_piece(piece))
+
     def lpips(self) -> Any:
         return self._load(_PIECE_LABEL["lpips"], self._models.lpips)
 
@@ -78,25 +84,31 @@ def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str]
                    on_progress: Optional[ProgressFn] = None,
                    cancel: Optional[threading.Event] = None,
                    file_present: Optional[FilePresent] = None,
-                   releasable: bool = False) -> Iterator[Union[MethodResult, Skipped]]:
+                   releasable: bool = False,
+                   keep_on_device: bool = True,
+                   registry: MethodRegistry = METHODS) -> Iterator[Union[MethodResult, Skipped]]:
     """Invert ``image`` (1, 3, S, S) with each method (fast ones first), yielding each result when it is done.
 
     A method whose files are not there yet, or are broken, is yielded as :class:`Skipped` (with the reason) and
-    the others go on. ``presets`` maps method -> preset (methods without presets use their only one). Results are
-    evaluated (:func:`inversion.methods.evaluate`) and moved to the CPU. ``releasable``: a PTI-tuned generator
-    is held in ``MethodResult.tuned`` (a :class:`TunedCache` may release it) instead of ``inversion.generator``.
+    the others go on. ``presets`` maps method -> preset (methods without presets use their only one). The
+    methods share one encoder pass per photo (:class:`~inversion.methods.StartCache`). Results are evaluated
+    (:func:`inversion.methods.evaluate`) and their tensors moved to the CPU; a tuned generator (PTI) stays on the
+    models' device, where edits use it without copying. ``releasable``: it is held in ``MethodResult.tuned``
+    (a :class:`TunedCache` bounds how many stay alive) instead of ``inversion.generator``. ``keep_on_device=False``
+    moves the tuned generator to the CPU too (where the device is not the caller's to keep, e.g. ZeroGPU).
     Cancelling raises :class:`~inversion.result.Cancelled`.
     """
     presets = dict(presets or {})
-    status = method_status(models, file_present) if file_present is not None else {}
+    status = method_status(models, file_present, registry) if file_present is not None else {}
     guarded: Any = _LoadErrorsAsCheckpointErrors(models)
-    for method in order_methods(methods):
+    starts = StartCache()
+    for method in order_methods(methods, registry):
         ok, reason = status.get(method, (True, ""))
         if not ok:
             yield Skipped(method, reason)
             continue
-        spec = METHODS[method]
-        preset = presets.get(method) or ("balanced" if "balanced" in spec.presets else spec.presets[0])
+        spec = registry[method]
+        preset = presets.get(method) or spec.default_preset
         if preset not in spec.presets:
             raise SessionError(f"{spec.label} has no preset {preset!r}; choose one of {', '.join(spec.presets)}.")
 
@@ -104,7 +116,8 @@ def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str]
             if on_progress is not None:
                 on_progress(method, step, total, metrics)
         try:
-            inv = invert(guarded, method, image, preset=preset, seed=seed, callback=callback, cancel=cancel)
+            inv = invert(guarded, method, image, preset=preset, seed=seed, callback=callback, cancel=cancel,
+                         starts=starts, methods=registry)
         except CheckpointMissingError as err:
             yield Skipped(method, f"{spec.label} cannot run yet: {err}")
             continue
@@ -112,21 +125,27 @@ def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str]
             yield Skipped(method, f"{spec.label} cannot run: {err}")
             continue
         metrics = evaluate(guarded, inv, image)
-        inv = _inversion_to(inv, torch.device("cpu"), copy_generator=False)
+        inv = _inversion_to(inv, torch.device("cpu"), copy_generator=False, keep_generator=keep_on_device)
         tuned = None
         if releasable and inv.generator is not None:
             tuned, inv = TunedGenerator(inv.generator), replace(inv, generator=None)
         yield MethodResult(method=method, family=models.family.name, preset=preset, inversion=inv, metrics=metrics,
-                           tuned=tuned)
+                           tuned=tuned, method_label=spec.label)
 
 
-def add_result(state: VisitorState, result: MethodResult) -> VisitorState:
-    """``state`` with ``result`` added (replacing that method's earlier one); other families' results and the
-    last edit / paste-back are dropped (they no longer match)."""
+def add_result(state: VisitorState, result: MethodResult, registry: MethodRegistry = METHODS) -> VisitorState:
+    """``state`` with ``result`` added (replacing that method's earlier one), in run order; other families'
+    results and the last edit / paste-back are dropped (they no longer match)."""
     results = {k: v for k, v in state.results.items() if v.family == result.family and k != result.method}
     results[result.method] = result
-    ordered = {m: results[m] for m in METHOD_ORDER if m in results}
+    rank = {m: i for i, m in enumerate(registry.order)}
+    ordered = dict(sorted(results.items(), key=lambda kv: rank.get(kv[0], len(rank))))
     return replace(state, family=result.family, results=ordered, edit=None, pasted=None, pasted_method=None)
+
+
+def result_notes(results: Mapping[str, MethodResult]) -> list[str]:
+    """Plain notes about how results were made (e.g. optimized on MSE alone because LPIPS was missing)."""
+    return [f"{r.label}: {r.inversion.info['warning']}" for r in results.values() if r.inversion.info.get("warning")]
 
 
 METRIC_COLUMNS = ("method", "preset", "MSE", "PSNR (dB)", "LPIPS", "ID similarity", "code spread", "seconds")

@@ -2,7 +2,8 @@
 
 States are frozen: every step returns a new :class:`VisitorState` (``dataclasses.replace``), so two
 events of one visitor never see a half-updated state. Stored inversions live on the CPU; a PTI-tuned
-generator is the visitor's own copy, held releasably (:class:`TunedCache`) and gone with the state.
+generator is the visitor's own copy: it stays on the device it was tuned on, held releasably
+(:class:`TunedCache`), and goes away with the state.
 """
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ from PIL import Image
 
 from inversion import align as alignment
 from inversion.methods import METHODS
+from inversion.pieces import IDENTITY_MODEL  # noqa: F401 (re-exported)
 from inversion.result import Inversion
 
 ALIGN_SIZE = 1024
 """The aligned crop is kept in the FFHQ frame at this size; each model family gets it resized to its own size."""
 WORK_MAX_SIDE = 4096
 """Photos with a longer side are downscaled to it on upload (bounds per-visitor memory)."""
-IDENTITY_MODEL = "ArcFace IR-SE50"
 STRIP_STEPS = (1, 9)
 
 ProgressFn = Callable[[str, int, int, Mapping[str, float]], None]
@@ -54,7 +55,8 @@ class TunedGenerator:
 class TunedCache:
     """Keeps at most ``capacity`` PTI-tuned generators alive across all visitors of one app (the most recently
     used); older ones are released. Holds its entries weakly: a generator also goes when its visitor's state
-    does. One FFHQ copy is ~120 MB, so this bounds the app's memory whatever the number of visitors."""
+    does. One FFHQ copy is ~120 MB (kept on the device it was tuned on, so edits neither copy nor move it), so this
+    bounds the app's (GPU) memory whatever the number of visitors."""
 
     def __init__(self, capacity: int = 4) -> None:
         if capacity < 0:
@@ -108,10 +110,11 @@ class MethodResult:
     inversion: Inversion
     metrics: dict[str, Optional[float]]
     tuned: Optional[TunedGenerator] = None  # PTI's generator when kept releasable (then inversion.generator is None)
+    method_label: Optional[str] = None  # the method's label (default: from the shipped registry)
 
     @property
     def label(self) -> str:
-        return METHODS[self.method].label
+        return self.method_label or (METHODS[self.method].label if self.method in METHODS else self.method)
 
     def full_inversion(self) -> Inversion:
         """The inversion with its PTI-tuned generator; :class:`SessionError` when that was released."""

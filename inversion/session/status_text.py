@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 from inversion.checkpoints import FileStatus
-from inversion.methods import METHODS
+from inversion.methods import METHODS, MethodRegistry
 from inversion.models import ModelSet
-from inversion.session.availability import _PIECE_LABEL, _piece_files, method_status, piece_present
+from inversion.pieces import METRIC_PIECES
+from inversion.session.availability import _piece_files, method_status, piece_present
 from inversion.session.state import FilePresent
 
 
@@ -24,20 +25,25 @@ def _file_line(st: FileStatus) -> str:
 
 
 def status_markdown(models: ModelSet, file_present: FilePresent,
-                    statuses: Optional[Mapping[str, FileStatus]] = None) -> str:
+                    statuses: Optional[Mapping[str, FileStatus]] = None, methods: MethodRegistry = METHODS) -> str:
     """Plain status for the visitor: which methods can run with this family, and each needed file's state."""
-    status = method_status(models, file_present)
-    ready = [METHODS[m].label for m, (ok, _) in status.items() if ok]
+    status = method_status(models, file_present, methods)
+    ready = [methods[m].label for m, (ok, _) in status.items() if ok]
     waiting = [reason for ok, reason in status.values() if not ok]
     lines = [f"**{models.family.label}** — methods ready: {', '.join(ready) if ready else 'none yet'}."]
     if waiting:
         lines.append("Not yet: " + "; ".join(waiting) + ".")
-    extras = [label for piece, label in _PIECE_LABEL.items()
-              if piece in ("lpips", "identity") and not piece_present(models, piece, file_present)
-              and (piece != "identity" or models.family.name == "ffhq")]
+    metric_pieces = [p for p in METRIC_PIECES if p in methods.pieces and _piece_files(models, p, methods)]
+    extras = [p for p in metric_pieces if not piece_present(models, p, file_present, methods)]
     if extras:
-        lines.append("Metrics not available yet: " + ", ".join(extras) + " (shown as empty).")
-    names = [n for piece in _PIECE_LABEL for n in _piece_files(models, piece) if n in (statuses or {})]
+        lines.append("Metrics not available yet: " + ", ".join(methods.piece_label(p) for p in extras)
+                     + " (shown as empty).")
+    if "lpips" in extras:
+        mse_only = [m.label for m in methods.values() if "lpips" in m.optional]
+        if mse_only:
+            lines.append(f"Without LPIPS, {', '.join(mse_only)} optimize on MSE alone (no perceptual loss).")
+    pieces = [*methods.pieces]
+    names = [n for piece in pieces for n in _piece_files(models, piece, methods) if n in (statuses or {})]
     if names:
         lines.append("Files:\n" + "\n".join(f"- {_file_line(statuses[n])}" for n in dict.fromkeys(names)))
     return "\n\n".join(lines)
