@@ -79,16 +79,17 @@ def _row(method: str, mode: str, batch: int, n: int, seconds: float, how: str, *
 
 # ------------------------------------------------------------------------------------------ one device
 
-def encoder_rows(models, kind: str, images: torch.Tensor, batch: int, device: torch.device) -> list[dict]:
+def encoder_rows(models, kind: str, images: torch.Tensor, batch: int, device: torch.device, ones: int) -> list[dict]:
+    """``ones`` photos one at a time, then all photos in chunks of ``batch``."""
     from inversion.batching import encode_batch
     from inversion.methods import invert
 
     n = images.shape[0]
     invert(models, kind, images[:1])  # warm-up (cuDNN autotune, allocator)
     encode_batch(models, kind, images[:batch])
-    single = _clock(device, lambda: [invert(models, kind, images[i:i + 1]) for i in range(n)])
+    single = _clock(device, lambda: [invert(models, kind, images[i:i + 1]) for i in range(ones)])
     batched = _clock(device, lambda: [encode_batch(models, kind, images[i:i + batch]) for i in range(0, n, batch)])
-    return [_row(kind, "batch 1", 1, n, single, "methods.invert per photo (encode + synthesis)"),
+    return [_row(kind, "batch 1", 1, ones, single, "methods.invert per photo (encode + synthesis)"),
             _row(kind, "batched", batch, n, batched, f"encode_batch, chunks of {batch}")]
 
 
@@ -104,7 +105,7 @@ def _preset_steps(method: str, preset: str) -> int:
 
 
 def optimization_rows(models, lpips, method: str, preset: str, images: torch.Tensor, batch: int, steps: int,
-                      device: torch.device) -> list[dict]:
+                      device: torch.device, ones: int) -> list[dict]:
     """W/W+/PTI: ``steps`` timed steps per photo from the e4e start, scaled to the preset's steps."""
     from inversion import optimize
     from inversion.batching import encode_batch
@@ -128,8 +129,8 @@ def optimization_rows(models, lpips, method: str, preset: str, images: torch.Ten
             optimize.optimize_latent(g, images[i:i + 1], lpips=lpips, space=method, steps=steps, lr=lr,
                                      init=starts[i:i + 1], early_stop=False, autocast=autocast)
     one(0)  # warm-up
-    single = _clock(device, lambda: [one(i) for i in range(n)])
-    rows = [_row(method, "batch 1", 1, n, single * scale, label, preset=preset)]
+    single = _clock(device, lambda: [one(i) for i in range(ones)])
+    rows = [_row(method, "batch 1", 1, ones, single * scale, label, preset=preset)]
     batched_api = getattr(optimize, "optimize_batch", None)
     if method == "pti" or batched_api is None:
         rows.append({"method": method, "mode": "batched", "batch": batch, "preset": preset, "photos_per_hour": None,
@@ -227,6 +228,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--preset", default=None, help="preset of w, w+, pti (default balanced on CUDA, fast on CPU)")
     p.add_argument("--photos", type=int, default=None, help="photos per measurement (default 16 CUDA, 4 CPU)")
+    p.add_argument("--ones", type=int, default=None, help="photos timed one at a time (default: min(4, --photos))")
     p.add_argument("--batch", type=int, default=None, help="batched chunk size (default = --photos)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per optimization (default 30 CUDA, 3 CPU)")
     p.add_argument("--ranks", type=int, default=0, help="also N processes (torch.distributed), batch 1")
@@ -244,13 +246,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     preset = args.preset or ("balanced" if cuda else "fast")
     n = args.photos or (16 if cuda else 4)
     batch = args.batch or n
+    ones = min(args.ones or 4, n)
     steps = args.steps or (30 if cuda else 3)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     result: dict[str, Any] = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": common.machine_info(device),
         "family": family, "preset": preset, "photos": n, "batch": batch, "steps": steps, "rows": [], "errors": [],
         "threads": threads, "note": (f"{'Seeded random FFHQ-1024-architecture weights' if family == 'random1024' else 'Built-in 128 px set'}"
-                 f" on {device}; {n} photos per measurement; optimization rows time {steps} steps and scale to the"
+                 f" on {device}; {ones} photos timed one at a time, {n} batched; optimization rows time {steps} steps and scale to the"
                  f" preset (upper bound, no early stop)." + ("" if cuda else " Shared 2-core CPU: upper bounds."))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -264,9 +267,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             t0 = time.perf_counter()
             try:
                 if method in ("e4e", "psp"):
-                    rows = encoder_rows(models, method, images, batch, device)
+                    rows = encoder_rows(models, method, images, batch, device, ones)
                 else:
-                    rows = optimization_rows(models, lpips, method, preset, images, batch, steps, device)
+                    rows = optimization_rows(models, lpips, method, preset, images, batch, steps, device, ones)
             except Exception as err:  # noqa: BLE001 - one failing part must not lose the others
                 result["errors"].append(f"{method}: {type(err).__name__}: {str(err)[:300]}")
                 rows = []
