@@ -106,6 +106,11 @@ def rank_device(launch: Launch, device: torch.device) -> torch.device:
     return torch.device("cuda", launch.local_rank)
 
 
+def owner(index: int, world_size: int) -> int:
+    """The rank that does item ``index`` under :func:`shard`."""
+    return index % world_size
+
+
 def shard(count: int, launch: Launch) -> list[int]:
     """Indices (into a list of ``count`` items sorted the same way on every rank) that ``launch.rank`` does:
     round robin, so ranks get equal shares (within one) and neighbouring inputs spread over the ranks."""

@@ -55,6 +55,7 @@ def test_shards_cover_the_inputs_once():
             shards = [D.shard(count, D.Launch(r, world, r)) for r in range(world)]
             assert sorted(i for s in shards for i in s) == list(range(count))
             assert max(map(len, shards)) - min(map(len, shards)) <= 1
+            assert all(D.owner(i, world) == r for r, s in enumerate(shards) for i in s)
 
 
 def test_parts_merge_in_input_order_and_ignore_other_runs(tmp_path):

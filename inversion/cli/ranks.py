@@ -83,7 +83,7 @@ class BatchTable:
         for i, entry in enumerate(self.entries):
             got = parts.entries.get(i)
             if got is None:
-                got = {**entry, "status": "not reached", "reason": f"process {i % world} did not report this photo"}
+                got = {**entry, "status": "not reached", "reason": f"process {D.owner(i, world)} did not report this photo"}
             entries.append(got)
         infos = [parts.infos[r] for r in sorted(parts.infos)]
         errors = [f"process {r}: {parts.infos[r]['error']}" for r in sorted(parts.infos) if parts.infos[r].get("error")]
