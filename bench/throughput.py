@@ -170,7 +170,9 @@ def _rank_worker(rank: int, world: int, port: int, cfg: dict[str, Any]) -> None:
 
     launch = D.detect_launch()
     device = D.rank_device(launch, torch.device(cfg["device"]))
-    models, lpips = build_models(device, cfg["family"], Path(cfg["tmp"]) / f"rank{rank}")
+    folder = Path(cfg["tmp"]) / f"rank{rank}"
+    folder.mkdir(parents=True, exist_ok=True)
+    models, _lpips = build_models(device, cfg["family"], folder)
     images = photos(models, cfg["photos"])
     mine = D.shard(cfg["photos"], launch)
     with D.open_ranks(launch, device) as ranks:
@@ -294,7 +296,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 for w in (1, world):  # the same path in one process and in `world`
                     result["rows"].extend(rank_rows(w, cfg))
             except Exception as err:  # noqa: BLE001
-                result["errors"].append(f"--ranks {world}: {type(err).__name__}: {str(err)[:300]}")
+                result["errors"].append(f"--ranks {world}: {type(err).__name__}: {' '.join(str(err).split())[-400:]}")
             save()
     print(markdown(result))
     return 0
