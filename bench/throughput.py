@@ -213,6 +213,9 @@ def rank_rows(world: int, cfg: dict[str, Any]) -> list[dict]:
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Throughput: photos per hour ({result['machine'].get('gpu') or result['machine'].get('cpu_model')})",
              "", f"{result['note']}", "",
+             f"Machine: {result['machine'].get('cpu_count')} CPU(s), load average at start "
+             f"{result['machine'].get('loadavg')}, {result.get('threads')} torch thread(s); torch "
+             f"{result['machine'].get('torch')}; {result['created']}.", "",
              "| method | preset | mode | batch | photos/hour | per photo (s) | x batch 1 | how |",
              "|---|---|---|---:|---:|---:|---:|---|"]
     base = {r["method"]: r["photos_per_hour"] for r in result["rows"] if r["mode"] == "batch 1"}
