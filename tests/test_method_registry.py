@@ -132,12 +132,14 @@ def test_app_lists_the_registered_method(registry):
     radio = _component(config, "preset_mean")
     assert radio["label"] == "Mean code preset" and [c[1] for c in radio["choices"]] == ["fast", "slow"]
     assert _invert_parameters(demo) == ["family", "methods", "preset_w", "preset_mean", "preset_wplus",
-                                        "preset_pti", "seed"]
+                                        "preset_pti", "seed", "allow_long"]
     assert "| **Mean code** | the average code, no fitting |" in app.methods_help(registry)
     assert app.download_order(registry) == app.DOWNLOAD_ORDER  # it brings no files
-    # the shipped app keeps the gradio_client contract: (family, methods, preset_w, preset_wplus, preset_pti, seed)
+    # the shipped app keeps the gradio_client contract: (family, methods, preset_w, preset_wplus, preset_pti, seed),
+    # plus an optional last allow_long (confirms a CPU run estimated past 5 minutes; default False)
     shipped = app.build_demo({"tiny": tiny_model_set()})
-    assert _invert_parameters(shipped) == ["family", "methods", "preset_w", "preset_wplus", "preset_pti", "seed"]
+    assert _invert_parameters(shipped) == ["family", "methods", "preset_w", "preset_wplus", "preset_pti", "seed",
+                                           "allow_long"]
 
 
 def test_one_e4e_pass_per_photo_and_run(image, monkeypatch):
@@ -200,3 +202,18 @@ def test_run_times_come_from_the_measurement_file(tmp_path):
                                                 "*quality* not measured"]
     assert S.load_runtimes(tmp_path / "absent.json") == {}
     assert "No run times are measured yet" in S.methods_help_markdown({})
+
+
+def test_app_and_cli_choose_the_device_in_one_place():
+    from inversion.device import default_device
+    from inversion.models import choose_device
+
+    assert choose_device("cpu") == torch.device("cpu") and choose_device() == default_device()
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        choose_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            choose_device("cuda")
+        rc = cli.main([str(HOPPER), "--out", "unused", "--device", "cuda"], stdout=io.StringIO(),
+                      stderr=(err := io.StringIO()))
+        assert rc == 2 and "no CUDA GPU" in err.getvalue()

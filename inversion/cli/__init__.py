@@ -2,14 +2,16 @@
 
 ``python -m inversion.cli photos/ --out results/ --methods e4e,w+ --preset fast --edit smile=2 --paste-back``
 
-Per photo, ``OUT/<safe name>/`` receives ``aligned.png``, ``<method>.png`` and ``<method>_wplus.npy`` (codes
-``(1, n_latent, 512)``), ``<method>_<edit>.png`` / ``_wplus.npy`` per edit, ``<method>[_<edit>]_pasted.png`` with
-``--paste-back``, and ``metrics.json`` (settings, metrics per method, warnings), written last: a folder with a
-``metrics.json`` is complete. ``OUT/metrics.csv`` (one row per photo and method) and ``OUT/summary.json`` cover the
-batch. A rerun skips photos already done with the same settings and source file.
+Per photo, ``OUT/<safe name>/`` receives ``aligned.png``, ``<m>.png`` and ``<m>_wplus.npy`` (codes
+``(1, n_latent, 512)``; ``<m>`` is the method's file name: ``e4e``, ``psp``, ``w``, ``wplus``, ``pti``),
+``<m>_<edit>.png`` and ``<m>_<edit>_wplus.npy`` per edit, ``<m>[_<edit>]_pasted.png`` with ``--paste-back``, and
+``metrics.json`` (settings, metrics per method, warnings), written last: a folder with a ``metrics.json`` is
+complete. ``OUT/metrics.csv`` (one row per photo and method) and ``OUT/summary.json`` cover the batch. A rerun skips
+photos already done with the same settings and source file; results made with other settings or from another file
+are never replaced without ``--overwrite`` (the run stops first, with one line).
 
-Exit status: 0 when at least one photo is done (now or by an earlier run), 1 when none, 2 for bad arguments,
-130 when stopped with Ctrl-C (what was finished is kept). ``main(argv, model_sets=...)`` lets tests inject models.
+Exit status: 0 when at least one photo is done (now or by an earlier run), 1 when none, 2 for bad arguments
+(a missing input, an ``--out`` holding other results), 130 when stopped with Ctrl-C (what was finished is kept). ``main(argv, model_sets=...)`` lets tests inject models.
 """
 from __future__ import annotations
 

@@ -40,7 +40,11 @@ def _edit_arg(text: str) -> EditArg:
     try:
         spec = get_edit(name)
     except EditError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+        # a model's own edit by its attribute name ("glasses" for builtin_glasses); which model: resolved later
+        own = [e for e in EDITS for g in (e.generators or ()) if e.name == f"{g}_{name}"]
+        if not own:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        spec = own[0]
     component = None
     if colon:
         if not spec.is_explorer:
@@ -94,7 +98,8 @@ def build_parser(registry: MethodRegistry = METHODS) -> argparse.ArgumentParser:
         description="Invert face photos into StyleGAN2 codes with the app's methods; optionally edit and paste back.",
         epilog=f"methods: {', '.join(registry.order)}; presets ({with_presets}): "
                f"{', '.join(_preset_names(registry))}\n{methods_help}\n"
-               f"edits: {edits}\n\n"
+               f"edits: {edits}\n"
+               "  (the built-in model's own directions answer to their short names too: smile = builtin_smile, ...)\n\n"
                f"example: {PROG} photos/ --out results/ --methods e4e,w+ --preset fast --edit smile=2 --paste-back\n"
                "exit status: 0 = at least one photo done, 1 = none, 2 = bad arguments, 130 = stopped (Ctrl-C)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="photo files and/or folders of photos")
@@ -116,7 +121,10 @@ def build_parser(registry: MethodRegistry = METHODS) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the optimization methods (default 0)")
     p.add_argument("--face", type=int, default=0, metavar="INDEX",
                    help="which detected face to use, 0 = the most confident (default)")
-    p.add_argument("--no-resume", action="store_true", help="redo photos that an earlier run finished")
+    p.add_argument("--no-resume", action="store_true", help="redo photos that an earlier run finished (same settings)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace results that an earlier run made in --out with other settings or from another "
+                        "file (without it such a run stops before doing anything, and nothing is replaced)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output (skips and errors still show)")
     return p
 

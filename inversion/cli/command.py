@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence, TextIO
 
 import torch
 
-from editing import get_edit
+from editing import EDITS, EditError, get_edit
 from inversion import distributed as D
 from inversion import session as S
 from inversion.cli.args import PROG, EditArg, UsageError, _presets, build_parser
@@ -37,23 +37,85 @@ def _device(choice: str) -> torch.device:
         raise UsageError(str(err)) from None
 
 
+def edit_for_family(name: str, models: ModelSet) -> str:
+    """The registry edit that ``--edit name`` means for this model: the edit itself when it is made for the
+    model's generator (or for any), else the model's own edit of that attribute (``smile`` on the built-in model is
+    ``builtin_smile``; ``builtin_smile`` on FFHQ is ``smile``); :class:`UsageError` naming the valid edits otherwise."""
+    kind = models.family.edit_kind
+    prefixes = {f"{g}_" for e in EDITS for g in (e.generators or ())}
+    base = next((name[len(p):] for p in prefixes if name.startswith(p)), name)
+    for candidate in dict.fromkeys((name, f"{kind}_{base}", base)):
+        try:
+            spec = get_edit(candidate)
+        except EditError:
+            continue
+        if spec.generators is None or kind in spec.generators:
+            return candidate
+    raise UsageError(f"the edit {name!r} is not made for the {models.family.label} model; for it use "
+                     + ", ".join(n for _, n in S.edit_choices(models)))
+
+
 def _resolve_edits(edits: Sequence[EditArg], models: ModelSet) -> list[dict[str, Any]]:
-    """Edits checked against the family and the registry's ranges (without loading any model)."""
+    """Edits checked against the family and the registry's ranges (without loading any model); ``name`` is the
+    registry edit applied (:func:`edit_for_family`), ``key`` the file-name part (with the name as typed)."""
     out = []
     for e in edits:
-        spec = get_edit(e.name)
-        if spec.generators is not None and models.family.edit_kind not in spec.generators:
-            raise UsageError(f"the edit {e.name!r} is not made for the {models.family.label} model; for it use "
-                             + ", ".join(name for _, name in S.edit_choices(models)))
+        spec = get_edit(edit_for_family(e.name, models))
         lo, hi = spec.strength_range
         offset = spec.default_strength if e.offset is None else e.offset
         if not lo <= offset <= hi:
             raise UsageError(f"the strength of {e.name!r} must be between {lo:g} and {hi:g}")
-        out.append({"name": e.name, "component": e.component, "offset": float(offset), "key": e.key(offset)})
+        out.append({"name": spec.name, "component": e.component, "offset": float(offset), "key": e.key(offset)})
     keys = [r["key"] for r in out]
     if len(set(keys)) != len(keys):
         raise UsageError("the same edit is asked for twice")
     return out
+
+
+class OutputConflict(UsageError):
+    """``--out`` holds earlier results this run would replace (exit status 2, one line, nothing run)."""
+
+
+def _differences(record: Mapping[str, Any], settings: Mapping[str, Any], sha: str) -> str:
+    """How an earlier photo folder differs from this run, in a few words ("with other settings (methods e4e,psp,
+    not e4e,w+)", "from another file")."""
+    if record.get("source", {}).get("sha256") != sha:
+        return "from another file of the same name"
+    old = record.get("settings") or {}
+    keys = [k for k in settings if old.get(k) != settings[k]]
+
+    def show(value: Any) -> str:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return ",".join(value)
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return ",".join(f"{k}={v}" for k, v in value.items())
+        return str(value)
+
+    if not keys:
+        return "by this tool with the same settings"
+    k = keys[0]
+    more = f" and {len(keys) - 1} more setting(s)" if len(keys) > 1 else ""
+    return f"with other settings ({k} {show(old.get(k))}, now {show(settings[k])}{more})"
+
+
+def earlier_results(out: Path, files: Sequence[Path], names: Sequence[str], settings: Mapping[str, Any],
+                    shas: dict[Path, str]) -> list[str]:
+    """One description per photo whose folder in ``out`` holds an earlier run's results that this run would replace:
+    made with other settings or from another source file. (Same settings and file: resumed, or redone with
+    ``--no-resume``, as asked.) Source hashes are kept in ``shas`` for the run."""
+    found = []
+    for path, name in zip(files, names):
+        record = _read_record(out / name)
+        if record is None:
+            continue
+        try:
+            shas[path] = sha = _sha256(path)
+        except OSError:
+            continue  # the run reports it as unreadable
+        same = record.get("settings") == settings and record.get("source", {}).get("sha256") == sha
+        if not same:
+            found.append(_differences(record, settings, sha))
+    return found
 
 
 def main(argv: Optional[Sequence[str]] = None, *, model_sets: Optional[ModelSetFactory] = None,
@@ -89,7 +151,8 @@ def main(argv: Optional[Sequence[str]] = None, *, model_sets: Optional[ModelSetF
             return _run(args, model_sets or default_model_sets, cancel, reporter, ranks, methods)
     except UsageError as err:
         reporter.close()
-        parser.print_usage(err_stream)
+        if not isinstance(err, OutputConflict):
+            parser.print_usage(err_stream)
         print(f"{PROG}: error: {err}", file=err_stream)
         return 2
     except D.LaunchError as err:
@@ -125,16 +188,32 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
     settings = {"format": FORMAT, "family": models.family.name, "methods": list(args.methods), "presets": presets,
                 "seed": int(args.seed), "face": int(args.face), "edits": edits, "paste_back": bool(args.paste_back)}
 
+    for e, wanted in zip(args.edit, edits):
+        if wanted["name"] != e.name:
+            reporter.info(f"note: --edit {e.name} means {wanted['name']} ({get_edit(wanted['name']).label}) "
+                          f"for the {models.family.label}")
+
     files, problems = collect_inputs(args.inputs, recursive=args.recursive, exclude=out)
-    for line in problems if main_rank else ():
-        reporter.line(line)
+    if problems:  # a mistyped path is a bad argument: say so before anything runs
+        raise UsageError("; ".join(p.removeprefix("skip ") for p in problems))
     if not files:
         if main_rank:
             reporter.line("nothing to do: no image files found in " + ", ".join(_display(i) for i in args.inputs))
         return 1
+    names = folder_names(files)
+    shas: dict[Path, str] = {}
+    conflicts = earlier_results(out, files, names, settings, shas)
+    if conflicts and not args.overwrite:
+        raise OutputConflict(
+            f"{_display(out)} already holds results of {len(conflicts)} of these photos made {conflicts[0]}"
+            f"{' (and others)' if len(conflicts) > 1 else ''}; nothing was run or replaced: choose another --out "
+            "to keep both, or add --overwrite to replace them")
+    if conflicts:
+        reporter.line(f"replacing the earlier results of {len(conflicts)} photo(s) in {_display(out)} "
+                      f"(made {conflicts[0]}{', ...' if len(conflicts) > 1 else ''}) as --overwrite asks")
     out.mkdir(parents=True, exist_ok=True)
     entries = [{"source": _display(f), "folder": n, "status": "not reached", "reason": ""}
-               for f, n in zip(files, folder_names(files))]
+               for f, n in zip(files, names)]
     records: dict[str, dict[str, Any]] = {}
     table = BatchTable(out, ranks, entries, len(problems))
     summary = {"tool": "inversion.cli", "format": FORMAT, "settings": settings, "device": str(device),
@@ -182,7 +261,7 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
             reporter.photo(k, len(table.mine), _display(path.name))
             final = out / entry["folder"]
             try:
-                sha = _sha256(path)
+                sha = shas.get(path) or _sha256(path)
             except OSError as err:
                 entry.update(status="skipped", reason=f"cannot read the file ({err.strerror or err})")
                 reporter.line(f"skip {_display(path)}: {entry['reason']}")

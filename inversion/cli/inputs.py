@@ -9,6 +9,8 @@ from typing import Any, Sequence
 
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
+_BMP_HEADERS = (12, 40, 52, 56, 64, 108, 124)
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
@@ -26,11 +28,25 @@ def _within(path: Path, folder: Path) -> bool:
         return False
 
 
+def looks_like_image(path: Path) -> bool:
+    """Whether the file starts like a JPEG, PNG, GIF, WebP, TIFF or BMP (its first bytes, whatever its name)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+    except OSError:
+        return False
+    if head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return True
+    return head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_HEADERS
+
+
 def collect_inputs(inputs: Sequence[str], *, recursive: bool, exclude: Path) -> tuple[list[Path], list[str]]:
     """Files to try (sorted, unique) and one-line reasons for inputs that do not exist.
 
-    Named files are tried whatever their extension; in folders, files with an image extension
-    (:data:`IMAGE_SUFFIXES`), hidden files and anything under ``exclude`` (the output folder) are left out.
+    Named files are tried whatever they hold. In folders every file is checked by content: images are found
+    whatever their extension (:func:`looks_like_image`: a JPEG named ``.dat`` is read), and files with an image
+    extension (:data:`IMAGE_SUFFIXES`) are tried too, so a broken ``.jpg`` gets its "not an image" line; other
+    files, hidden files and anything under ``exclude`` (the output folder) are left out.
     """
     files: list[Path] = []
     problems: list[str] = []
@@ -43,8 +59,8 @@ def collect_inputs(inputs: Sequence[str], *, recursive: bool, exclude: Path) -> 
             found = path.rglob("*") if recursive else path.iterdir()
             for f in found:
                 rel = f.relative_to(path).parts
-                if (f.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in rel)
-                        and f.is_file() and not _within(f, exclude)):
+                if (not any(part.startswith(".") for part in rel) and f.is_file() and not _within(f, exclude)
+                        and (f.suffix.lower() in IMAGE_SUFFIXES or looks_like_image(f))):
                     files.append(f)
         else:
             problems.append(f"skip {_display(text)}: no such file or folder")

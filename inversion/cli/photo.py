@@ -129,7 +129,7 @@ def invert_photo(models: ModelSet, path: Path, folder: Path, *, settings: Mappin
         _check_cancel(cancel)
         on_stage(f"edit {wanted['key']}")
         try:
-            edited = S.edit_results(models, state, edit.name, wanted["offset"], component=edit.component, steps=1)
+            edited = S.edit_results(models, state, wanted["name"], wanted["offset"], component=edit.component, steps=1)
         except (EditError, S.SessionError, CheckpointError) as err:
             warnings.append(f"edit {wanted['key']}: {err}")
             continue

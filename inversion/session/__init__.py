@@ -32,14 +32,20 @@ from inversion.session.state import (
 )
 from inversion.session.runtimes import load_runtimes, methods_help_markdown
 from inversion.session.status_text import family_banner, status_markdown
+from inversion.session.views import (
+    as_number, as_seed, as_whole, invert_summary, method_choices, padded_range, result_gallery, result_label,
+    status_report, strip_gallery,
+)
 
 __all__ = [
     "ALIGN_SIZE", "EditControl", "EditOutcome", "EditStrip", "FilePresent", "IDENTITY_MODEL", "METHOD_ORDER",
     "METRIC_COLUMNS", "MethodResult", "Photo", "ProgressFn", "STRIP_STEPS", "SessionError", "Skipped", "TunedCache",
-    "TunedGenerator", "VisitorState", "WORK_MAX_SIDE", "add_result", "align_photo", "default_family",
-    "download_order", "edit_choices", "edit_control", "edit_results", "edit_strengths", "export_files",
-    "face_thumbnails", "family_banner", "file_present_from", "load_runtimes", "method_order", "method_status",
-    "methods_help_markdown", "metrics_rows", "model_input", "new_state", "open_photo", "order_methods",
-    "paste_result", "photo_notes", "piece_present", "result_notes", "run_inversions", "safe_name",
-    "status_markdown", "strip_offsets", "sweep_old", "to_pil", "to_tensor", "tradeoff_points",
+    "TunedGenerator", "VisitorState", "WORK_MAX_SIDE", "add_result", "align_photo", "as_number", "as_seed",
+    "as_whole", "default_family", "download_order", "edit_choices", "edit_control", "edit_results",
+    "edit_strengths", "export_files", "face_thumbnails", "family_banner", "file_present_from", "invert_summary",
+    "load_runtimes", "method_choices", "method_order", "method_status", "methods_help_markdown", "metrics_rows",
+    "model_input", "new_state", "open_photo", "order_methods", "padded_range", "paste_result", "photo_notes",
+    "piece_present", "result_gallery", "result_label", "result_notes", "run_inversions", "safe_name",
+    "status_markdown", "status_report", "strip_gallery", "strip_offsets", "sweep_old", "to_pil", "to_tensor",
+    "tradeoff_points",
 ]

@@ -83,13 +83,15 @@ def order_methods(names: Sequence[str], methods: MethodRegistry = METHODS) -> li
 
 def download_order(model_sets: Mapping[str, ModelSet], methods: MethodRegistry = METHODS,
                    first: Sequence[str] = ("dlib_landmarks",)) -> tuple[str, ...]:
-    """Registry files to fetch, in order: ``first`` (face alignment), then, per family and in run order, the
-    preferred file of each piece the methods need, then of the pieces they use when present and the metric
+    """Registry files to fetch, in order: ``first`` (face alignment), then, per family, the preferred file of each
+    piece the methods need or use, the pieces used by the most methods first (ties: run order), then the metric
     pieces (LPIPS, identity). Built-in files (not in the checkpoint registry) are left out."""
     from inversion.pieces import METRIC_PIECES
 
+    used = methods.used_pieces()
+    users = {p: sum(p in (*m.needs, *m.optional) for m in methods.values()) for p in used}
+    pieces = sorted(used, key=lambda p: -users[p]) + [p for p in METRIC_PIECES if p in methods.pieces]
     names = list(first)
-    pieces = [*methods.used_pieces(), *(p for p in METRIC_PIECES if p in methods.pieces)]
     for models in model_sets.values():
         for piece in pieces:
             files = _piece_files(models, piece, methods)

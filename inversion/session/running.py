@@ -86,7 +86,8 @@ def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str]
                    file_present: Optional[FilePresent] = None,
                    releasable: bool = False,
                    keep_on_device: bool = True,
-                   registry: MethodRegistry = METHODS) -> Iterator[Union[MethodResult, Skipped]]:
+                   registry: MethodRegistry = METHODS,
+                   starts: Optional[StartCache] = None) -> Iterator[Union[MethodResult, Skipped]]:
     """Invert ``image`` (1, 3, S, S) with each method (fast ones first), yielding each result when it is done.
 
     A method whose files are not there yet, or are broken, is yielded as :class:`Skipped` (with the reason) and
@@ -96,12 +97,13 @@ def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str]
     models' device, where edits use it without copying. ``releasable``: it is held in ``MethodResult.tuned``
     (a :class:`TunedCache` bounds how many stay alive) instead of ``inversion.generator``. ``keep_on_device=False``
     moves the tuned generator to the CPU too (where the device is not the caller's to keep, e.g. ZeroGPU).
-    Cancelling raises :class:`~inversion.result.Cancelled`.
+    ``starts``: a cache shared with an earlier call for the same photo (the app runs the encoders, then the
+    optimizing methods, in two calls). Cancelling raises :class:`~inversion.result.Cancelled`.
     """
     presets = dict(presets or {})
     status = method_status(models, file_present, registry) if file_present is not None else {}
     guarded: Any = _LoadErrorsAsCheckpointErrors(models)
-    starts = StartCache()
+    starts = starts if starts is not None else StartCache()  # a caller running methods in parts shares one
     for method in order_methods(methods, registry):
         ok, reason = status.get(method, (True, ""))
         if not ok:
