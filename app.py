@@ -28,6 +28,8 @@ import pandas as pd
 
 from editing import EditError, get_edit
 from inversion import session as S
+from inversion import group as G
+from inversion.before_after import COMPARE_SIZE, before_after
 from inversion.align import AlignmentError, PredictorNotFoundError
 from inversion.checkpoints import BackgroundDownloader, CheckpointError, CheckpointMissingError
 from inversion.methods import METHODS, MethodRegistry, StartCache
@@ -172,6 +174,15 @@ def preset_parameter(method_key: str) -> str:
     return f"preset_{S.safe_name(method_key)}"
 
 
+def _all_faces_signature(methods: MethodRegistry) -> inspect.Signature:
+    """``(family, methods, preset_<m>..., seed, edit_name, strength, component, method, state, request)``."""
+    names = ["family", "methods", *(preset_parameter(m.key) for m in methods.with_presets()), "seed", "edit_name",
+             "strength", "component", "method", "state"]
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request))
+    return inspect.Signature(params)
+
+
 def _invert_signature(methods: MethodRegistry) -> inspect.Signature:
     """``(family, methods, preset_<m>... (one per method with presets, run order), seed, allow_long, state,
     request, progress)``; ``allow_long`` (optional for API clients) confirms a CPU run estimated past 5 minutes."""
@@ -290,7 +301,7 @@ def _handlers(ctx: _App) -> SimpleNamespace:
         n_faces = len(state.photo.faces) if state is not None and state.photo is not None else 0
         empty = S.new_state()
         return (gr.Gallery(visible=n_faces > 1), [], _metrics_frame(empty), _plot(empty), [], None, None,
-                _method_dropdown(None))
+                _method_dropdown(None), _method_dropdown(None), None, None)
 
     with_presets = registry.with_presets()
 
@@ -402,9 +413,13 @@ def _handlers(ctx: _App) -> SimpleNamespace:
 
     def after_invert(state: Optional[S.VisitorState]):
         if state is None or not state.results:
-            return gr.skip(), _method_dropdown(state)
+            return gr.skip(), _method_dropdown(state), _method_dropdown(state)
         choices = S.edit_choices(models_for(state.family))
-        return gr.Dropdown(choices=choices, value=choices[0][1]), _method_dropdown(state)
+        return gr.Dropdown(choices=choices, value=choices[0][1]), _method_dropdown(state), _method_dropdown(state)
+
+    @_plain_errors
+    def compare(method: Optional[str], state: Optional[S.VisitorState]):
+        return before_after(_state(state), method or None)
 
     def stop(run_id: Optional[str], request: gr.Request) -> str:
         """Set the stop flags of the visitor's last run and of their long run (reach a worker process too); a run
@@ -455,6 +470,60 @@ def _handlers(ctx: _App) -> SimpleNamespace:
         state = S.paste_result(_state(state), method or None)
         return state, state.pasted
 
+    def _all_faces_compute(models: ModelSet, photo: Any, methods: list[str], method: Optional[str], edit: Any,
+                           presets: dict[str, str], seed: int):
+        """Every face inverted, edited and pasted back (in a ZeroGPU worker when wrapped by ``spaces.GPU``)."""
+        return G.run_all(models, photo, methods, method=method, edit=edit, presets=presets, seed=seed,
+                         file_present=present())
+
+    all_faces_on_gpu = _on_gpu(_all_faces_compute, duration=240)
+
+    def _all_faces(family: str, methods: list[str], *rest: Any):
+        """All-faces mode: every face of the photo (up to 8) inverted with the ticked methods, given the chosen
+        edit, and pasted back into one photo; returns that photo. ``rest``: one preset per method with presets
+        (run order), seed, edit name, strength, component, the method to paste back, state, gradio's request.
+        Encoders only: under the short gate. With an optimizing method: the whole run holds a long-lane slot
+        (one long run per visitor, the same queue as /invert), so it never runs beside other visitors' long runs."""
+        n = len(with_presets)
+        presets = {m.key: p for m, p in zip(with_presets, rest[:n])}
+        seed, edit_name, strength, component, method, state = rest[n:n + 6]
+        request = rest[n + 6] if len(rest) > n + 6 else None
+        state = _state(state)
+        if state.photo is None:
+            raise S.SessionError("Upload a photo and press *Find and align the face* first (step 1).")
+        if not methods:
+            raise S.SessionError("Tick at least one method (step 2).")
+        seed = S.as_seed(seed)
+        models = models_for(family)
+        edit = None
+        if edit_name:
+            ctl = S.edit_control(edit_name, models)
+            comp = S.as_whole(component, "component", default=0) if ctl.component_max is not None else None
+            edit = (edit_name, S.as_number(strength, "strength"), comp)
+        long_methods = [m for m in S.order_methods(methods, registry) if is_long(m)]
+        args = (models, state.photo, methods, method or None, edit, presets, seed)
+        if not long_methods:
+            with sched.short_work():
+                group, skipped = all_faces_on_gpu(*args)
+        else:
+            run_id, stop = sched.board.new_run()
+            visitor = getattr(request, "session_hash", None) or run_id
+            check_visitor(sched, visitor, long_methods)
+            ticket = sched.long.join(visitor, run_id, "all faces: " + ", ".join(long_methods), None)
+            try:
+                for _ in sched.long.wait(ticket, stop, stopped=lambda: Cancelled("stopped while queued")):
+                    pass
+                group, skipped = all_faces_on_gpu(*args)
+            finally:
+                sched.long.release(ticket)
+        for item in skipped:
+            gr.Warning(item.reason)
+        return group.pasted
+
+    _all_faces.__signature__ = _all_faces_signature(registry)  # type: ignore[attr-defined]
+    _all_faces.__annotations__ = {**_all_faces.__annotations__, "request": gr.Request}
+    all_faces = _plain_errors(_all_faces)
+
     @_plain_errors
     @_short
     def export(state: Optional[S.VisitorState]):
@@ -504,6 +573,7 @@ def _handlers(ctx: _App) -> SimpleNamespace:
     return SimpleNamespace(
         align=align, pick_face=pick_face, after_align=after_align, invert=invert, after_invert=after_invert,
         stop=stop, after_stop=after_stop, on_leave=on_leave, edit=edit, after_edit=after_edit, paste_back=paste_back, export=export,
+        compare=compare, all_faces=all_faces,
         refresh_status=refresh_status, status=status, on_load=on_load, on_edit_choice=on_edit_choice,
         method_labels=method_labels, with_presets=with_presets)
 
@@ -559,6 +629,8 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                                  webcam_options=gr.WebcamOptions(mirror=True), height=360, elem_id="photo")
                 gr.Examples(EXAMPLES, inputs=[photo], label="Examples (public domain)")
                 face_index = gr.Number(0, precision=0, visible=False, label="face index (0 = best)")
+                all_mode = gr.Checkbox(False, label="All faces: invert, edit and paste back every face (up to 8)",
+                                       elem_id="all-faces-mode")
                 align_btn = gr.Button("Find and align the face", variant="primary", elem_id="align-btn")
             with gr.Column(scale=1):
                 aligned = gr.Image(label="Aligned face (FFHQ frame)", type="pil", interactive=False, height=360,
@@ -598,6 +670,10 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                                      "embeddings, FFHQ only; code spread: editability proxy, lower edits better)",
                                      interactive=False,
                                      elem_id="metrics")
+                compare_method = gr.Dropdown([], label="Before / after: which method", allow_custom_value=True,
+                                             elem_id="compare-method")
+                compare_inv = gr.ImageSlider(label="Aligned input | reconstruction (drag to compare)", type="pil",
+                                             format="png", max_height=COMPARE_SIZE, elem_id="compare-inversion")
                 plot = gr.ScatterPlot(_plot(S.new_state()), x="distortion", y="code_spread", color="method",
                                       title="Distortion vs editability",
                                       x_title="distortion (LPIPS; MSE when LPIPS is missing) — lower is closer",
@@ -622,11 +698,15 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
             with gr.Column(scale=2):
                 strips = gr.Gallery(label="Edit strips (one row per method)", columns=3, format="png",
                                     elem_id="strips")
+                compare_edit = gr.ImageSlider(label="Reconstruction | edit (method chosen in step 2)", type="pil",
+                                              format="png", max_height=COMPARE_SIZE, elem_id="compare-edit")
         with gr.Row():
             with gr.Column(scale=1):
                 paste_method = gr.Dropdown([], label="Paste which result back into the photo", allow_custom_value=True,
                                            elem_id="paste-method")
                 paste_btn = gr.Button("Paste back", elem_id="paste-btn")
+                all_btn = gr.Button("Invert, edit and paste back every face", visible=False, variant="primary",
+                                    elem_id="all-faces-btn")
                 export_btn = gr.Button("Prepare downloads", elem_id="export-btn")
                 download = gr.DownloadButton("Download all (zip)", elem_id="download")
                 files = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="files")
@@ -636,7 +716,8 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
 
         # ------------------------------------------------------------ events
         private = dict(api_visibility="private", queue=False)
-        cleared = [faces, results, table, plot, strips, pasted, files, paste_method]
+        cleared = [faces, results, table, plot, strips, pasted, files, paste_method, compare_method, compare_inv,
+                   compare_edit]
         # two lanes: short events share the "short" group; /invert has its own group, sized so that its handler
         # starts at once (its encoders take the short gate, its long part waits in the app's long lane, where the
         # visitor sees the position and the estimated start) -- gradio's queue is not where long runs wait
@@ -651,7 +732,9 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
             [state, cancel_state, results, table, plot, run_info], api_name="invert", concurrency_id="invert",
             concurrency_limit=plan.short + plan.long + plan.max_waiting, show_progress_on=[run_info],
             preprocess=False)
-        run_event.then(h.after_invert, [state], [edit_name, paste_method], **private)
+        run_event.then(h.after_invert, [state], [edit_name, paste_method, compare_method], **private
+                       ).then(h.compare, [compare_method, state], [compare_inv, compare_edit], **private)
+        compare_method.input(h.compare, [compare_method, state], [compare_inv, compare_edit], **private)
         # Stop: the flag reaches the run between steps (in this process or a ZeroGPU worker); ``cancels`` also
         # drops the page's pending event at once (an API client calls /stop, then reads its job's last outputs)
         stop_btn.click(h.stop, [cancel_state], [run_info], api_name="stop", queue=False, cancels=[run_event]
@@ -659,9 +742,17 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
         table.change(lambda st: _plot_update(_state(st)), [state], [plot], **private)  # limits follow the points
         edit_name.change(h.on_edit_choice, [edit_name, state], [strength, component, edit_help], **private)
         edit_btn.click(h.edit, [edit_name, strength, component, steps, state], [state, strips], api_name="edit",
-                       preprocess=False, **short).success(h.after_edit, [state], [strips], **private)
+                       preprocess=False, **short).success(h.after_edit, [state], [strips], **private
+                                                  ).then(h.compare, [compare_method, state],
+                                                         [compare_inv, compare_edit], **private)
         paste_btn.click(h.paste_back, [paste_method, state], [state, pasted], api_name="paste_back", **short)
         export_btn.click(h.export, [state], [files, download], api_name="export", **short)
+        all_mode.change(lambda on: (gr.Button(visible=on), gr.Button(visible=not on)), [all_mode],
+                        [all_btn, paste_btn], **private)
+        # all faces: encoders under the short gate, optimizing methods through the long lane (see h.all_faces)
+        all_btn.click(h.all_faces, [family, methods, *preset_controls, seed, edit_name, strength, component,
+                                    paste_method, state], [pasted], api_name="all_faces", concurrency_id="invert",
+                      concurrency_limit=plan.short + plan.long + plan.max_waiting)
         status_outputs = [status_md, banner, methods, shown_labels, timer]
         timer.tick(h.refresh_status, [family, shown_labels], status_outputs, **private)
         family.change(h.refresh_status, [family, shown_labels], status_outputs, **private)

@@ -55,9 +55,9 @@ def image() -> torch.Tensor:
 
 
 def test_the_copy_takes_the_method_and_the_shipped_registry_does_not(registry):
-    assert registry.order == ("e4e", "psp", "w", "mean", "w+", "pti")
+    assert registry.order == ("e4e", "psp", "hyperstyle", "w", "mean", "w+", "pti")
     assert [m.key for m in registry.with_presets()] == ["w", "mean", "w+", "pti"]
-    assert METHODS.order == ("e4e", "psp", "w", "w+", "pti") and "mean" not in METHODS
+    assert METHODS.order == ("e4e", "psp", "hyperstyle", "w", "w+", "pti") and "mean" not in METHODS
     with pytest.raises(ValueError, match="already registered"):
         registry.register(DUMMY)
 

@@ -13,7 +13,8 @@ from typing import Optional, Union
 
 OVERRIDE_ENV = "STYLEGAN_EDIT_WEIGHTS_DIR"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-FEATURES = frozenset({"generator", "optimization", "pti", "psp", "e4e", "identity", "lpips", "align", "editing"})
+FEATURES = frozenset({"generator", "optimization", "pti", "psp", "e4e", "hyperstyle", "identity", "lpips", "align",
+                      "editing"})
 
 _NVIDIA_NC = "NVIDIA Source Code License-NC (non-commercial use only)"
 
@@ -131,6 +132,32 @@ REGISTRY: dict[str, CheckpointSpec] = {
             mirrors=(Source("AIRI-Institute/HairFastGAN", "pretrained_models/FeatureStyleEncoder/psp_ffhq_encode.pt"),),
         ),
         CheckpointSpec(
+            name="hyperstyle_ffhq",
+            repo_id="trysem/DualStyleGANplus",
+            filename="models/hyperstyle/hyperstyle_ffhq.pt",
+            sha256="9d4c627724e9f6b7f87f13a03b71731a4bb537875271cb46662be08a9885c364",
+            size=1_440_969_951,
+            license=f"MIT (HyperStyle release, yuval-alaluf); contains NVIDIA's FFHQ StyleGAN2 generator: {_NVIDIA_NC}",
+            features=frozenset({"hyperstyle"}),
+            description="HyperStyle FFHQ hypernetwork + 1024 decoder: {'state_dict' (hypernet.*, decoder.*), "
+                        "'latent_avg', 'opts' dict}",
+            mirrors=(Source("ethanNeuralImage/inversion_testing", "pretrained_models/hyperstyle/hyperstyle_ffhq.pt",
+                            repo_type="space"),),
+        ),
+        CheckpointSpec(
+            name="hyperstyle_w_encoder",
+            repo_id="trysem/DualStyleGANplus",
+            filename="models/hyperstyle/faces_w_encoder.pt",
+            sha256="3cb757ae38268b08db8235b4a3d42c98c74428a817b619338848f277cd23e715",
+            size=257_850_531,
+            license=f"MIT (HyperStyle release, yuval-alaluf); contains NVIDIA's FFHQ StyleGAN2 generator: {_NVIDIA_NC}",
+            features=frozenset({"hyperstyle"}),
+            description="HyperStyle's W-space e4e (WEncoder(50, 'ir_se')) + 1024 decoder: {'state_dict' "
+                        "(encoder.*, decoder.*), 'opts'}",
+            mirrors=(Source("ethanNeuralImage/inversion_testing", "pretrained_models/hyperstyle/faces_w_encoder.pt",
+                            repo_type="space"),),
+        ),
+        CheckpointSpec(
             name="dlib_landmarks",
             repo_id="public-data/dlib_face_landmark_model",
             filename="shape_predictor_68_face_landmarks.dat",
@@ -200,12 +227,14 @@ BUNDLED: dict[str, BundledFile] = {
             name="builtin_models",
             paths=("inversion/data/builtin_g128.safetensors", "inversion/data/builtin_g128.json",
                    "inversion/data/builtin_psp128.safetensors", "inversion/data/builtin_psp128.json",
-                   "inversion/data/builtin_e4e128.safetensors", "inversion/data/builtin_e4e128.json"),
+                   "inversion/data/builtin_e4e128.safetensors", "inversion/data/builtin_e4e128.json",
+                   "inversion/data/builtin_hyperstyle128.safetensors", "inversion/data/builtin_hyperstyle128.json"),
             license="MIT (this project; trained on procedural faces)",
             license_file="inversion/data/LICENSE-builtin.txt",
-            source="training/train_gan.py, training/train_encoders.py (see training/README.md)",
-            features=frozenset({"generator", "psp", "e4e"}),
-            description="Built-in offline model set: 128 px StyleGAN2, pSp and e4e encoders",
+            source="training/train_gan.py, training/train_encoders.py, training/train_hyperstyle.py "
+                   "(see training/README.md)",
+            features=frozenset({"generator", "psp", "e4e", "hyperstyle"}),
+            description="Built-in offline model set: 128 px StyleGAN2, pSp and e4e encoders, HyperStyle",
         ),
         BundledFile(
             name="attribute_regressor",

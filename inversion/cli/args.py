@@ -121,6 +121,9 @@ def build_parser(registry: MethodRegistry = METHODS) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the optimization methods (default 0)")
     p.add_argument("--face", type=int, default=0, metavar="INDEX",
                    help="which detected face to use, 0 = the most confident (default)")
+    p.add_argument("--all-faces", action="store_true",
+                   help="invert every face (up to 8, reading order) with the same methods and edits; with "
+                        "--paste-back, every edited face is pasted back into one photo (files face<N>_*)")
     p.add_argument("--no-resume", action="store_true", help="redo photos that an earlier run finished (same settings)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace results that an earlier run made in --out with other settings or from another "

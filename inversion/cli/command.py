@@ -8,7 +8,6 @@ import shutil
 import signal
 import sys
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, TextIO
@@ -16,14 +15,15 @@ from typing import Any, Mapping, Optional, Sequence, TextIO
 import torch
 
 from editing import EDITS, EditError, get_edit
+from inversion import distributed as D
 from inversion import session as S
 from inversion.cli.args import PROG, EditArg, UsageError, _presets, build_parser
-from inversion.cli.batch import PARTIAL, STATUSES, write_batch_files
 from inversion.cli.inputs import _display, _sha256, collect_inputs, folder_names
 from inversion.cli.loading import (
     FatalError, Loaded, ModelSetFactory, _locate_with_progress, _present_locally, default_model_sets, load_models,
 )
 from inversion.cli.photo import FORMAT, PhotoSkipped, _check_cancel, _read_record, _publish, invert_photo
+from inversion.cli.ranks import BatchTable
 from inversion.cli.report import Reporter
 from inversion.methods import METHODS, MethodRegistry
 from inversion.models import ModelSet, choose_device
@@ -141,28 +141,41 @@ def main(argv: Optional[Sequence[str]] = None, *, model_sets: Optional[ModelSetF
             cancel.set()
             reporter.line("stopping after the current step (Ctrl-C again to stop at once) ...")
         previous, handled = signal.signal(signal.SIGINT, on_sigint), True
+    term = None
     try:
-        return _run(args, model_sets or default_model_sets, cancel, reporter, methods)
+        launch = D.detect_launch()  # torchrun's environment, else a single process
+        if handled and launch.distributed:  # torchrun stops the other processes with SIGTERM when one fails
+            term = signal.signal(signal.SIGTERM, on_sigint)
+        device = D.rank_device(launch, _device(args.device))
+        with D.open_ranks(launch, device) as ranks:
+            return _run(args, model_sets or default_model_sets, cancel, reporter, ranks, methods)
     except UsageError as err:
         reporter.close()
         if not isinstance(err, OutputConflict):
             parser.print_usage(err_stream)
         print(f"{PROG}: error: {err}", file=err_stream)
         return 2
+    except D.LaunchError as err:
+        reporter.line(f"error: {_display(err)}")
+        return 1
     finally:
         reporter.close()
         if handled:
             signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
 
 
 def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.Event, reporter: Reporter,
-         registry: MethodRegistry = METHODS) -> int:
+         ranks: D.Ranks, registry: MethodRegistry = METHODS) -> int:
+    """The batch for this process: every photo, or this rank's share of them under torchrun."""
     if args.face < 0:
         raise UsageError("--face must be 0 or more")
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {_display(out)} is a file, not a folder")
-    device = _device(args.device)
+    device = ranks.device
+    main_rank = ranks.launch.is_main
     sets = dict(factory(device, _locate_with_progress(reporter)))
     family = args.family
     if family == "auto":
@@ -174,6 +187,8 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
     edits = _resolve_edits(args.edit, models)
     settings = {"format": FORMAT, "family": models.family.name, "methods": list(args.methods), "presets": presets,
                 "seed": int(args.seed), "face": int(args.face), "edits": edits, "paste_back": bool(args.paste_back)}
+    if args.all_faces:  # only then, so folders finished by earlier runs keep matching their settings
+        settings["all_faces"] = True
 
     for e, wanted in zip(args.edit, edits):
         if wanted["name"] != e.name:
@@ -184,7 +199,8 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
     if problems:  # a mistyped path is a bad argument: say so before anything runs
         raise UsageError("; ".join(p.removeprefix("skip ") for p in problems))
     if not files:
-        reporter.line("nothing to do: no image files found in " + ", ".join(_display(i) for i in args.inputs))
+        if main_rank:
+            reporter.line("nothing to do: no image files found in " + ", ".join(_display(i) for i in args.inputs))
         return 1
     names = folder_names(files)
     shas: dict[Path, str] = {}
@@ -201,18 +217,14 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
     entries = [{"source": _display(f), "folder": n, "status": "not reached", "reason": ""}
                for f, n in zip(files, names)]
     records: dict[str, dict[str, Any]] = {}
-    started = time.monotonic()
+    table = BatchTable(out, ranks, entries, len(problems))
     summary = {"tool": "inversion.cli", "format": FORMAT, "settings": settings, "device": str(device),
                "model": models.family.label, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     outcome: dict[str, Any] = {"interrupted": False, "error": None}
     loaded: list[Loaded] = []
 
-    def counts() -> dict[str, int]:
-        return {s: sum(e["status"] == s for e in entries) for s in STATUSES}
-
     def flush() -> None:
-        write_batch_files(out, entries, records, {**summary, **outcome, "counts": {**counts(), "missing": len(problems)},
-                                                  "seconds": round(time.monotonic() - started, 3)})
+        table.flush(records, summary, outcome)
 
     def ensure_models() -> Loaded:
         if not loaded:
@@ -239,11 +251,16 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
 
     reporter.info(f"{len(files)} file(s); {models.family.label}; methods "
                   + ", ".join(m if not registry[m].has_presets else f"{m} ({p})" for m, p in presets.items())
-                  + f"; device {device}; output {_display(out)}")
+                  + f"; device {device}; output {_display(out)}"
+                  + (f"; process {ranks.launch.rank} of {ranks.launch.world_size}: {len(table.mine)} file(s)"
+                     if table.distributed else ""))
+    if table.distributed:
+        flush()  # the part files exist from the start: rank 0 always finds this rank's share
     try:
-        for i, (path, entry) in enumerate(zip(files, entries)):
+        for k, i in enumerate(table.mine):
+            path, entry = files[i], entries[i]
             _check_cancel(cancel)
-            reporter.photo(i, len(files), _display(path.name))
+            reporter.photo(k, len(table.mine), _display(path.name))
             final = out / entry["folder"]
             try:
                 sha = shas.get(path) or _sha256(path)
@@ -258,7 +275,7 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
                 records[entry["folder"]] = record
                 reporter.info(f"skip {_display(path)}: already done")
                 continue
-            staging = out / PARTIAL / entry["folder"]
+            staging = table.staging() / entry["folder"]
             shutil.rmtree(staging, ignore_errors=True)
             try:
                 record = invert_photo(models, path, staging, settings=settings, source_sha256=sha, edits=args.edit,
@@ -291,10 +308,11 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
         outcome["error"] = str(err)
         reporter.line(f"error: {_display(err)}")
     finally:
-        shutil.rmtree(out / PARTIAL, ignore_errors=True)
-    flush()
-    tally = {**counts(), "missing": len(problems)}
-    reporter.line(", ".join(f"{n} {s}" for s, n in tally.items() if n) + f" -> {_display(out)}", stream=reporter.out)
-    if outcome["interrupted"]:
-        return 130
-    return 0 if records else 1
+        shutil.rmtree(table.staging(), ignore_errors=True)
+    tally, status, note = table.finish(records, summary, outcome)
+    if note:
+        reporter.line(f"error: {_display(note)}")
+    if main_rank:
+        reporter.line(", ".join(f"{n} {s}" for s, n in tally.items() if n) + f" -> {_display(out)}",
+                      stream=reporter.out)
+    return status

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif",
+                            ".avif"})
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
 _BMP_HEADERS = (12, 40, 52, 56, 64, 108, 124)
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
@@ -29,13 +31,15 @@ def _within(path: Path, folder: Path) -> bool:
 
 
 def looks_like_image(path: Path) -> bool:
-    """Whether the file starts like a JPEG, PNG, GIF, WebP, TIFF or BMP (its first bytes, whatever its name)."""
+    """Whether the file starts like a JPEG, PNG, GIF, WebP, TIFF, BMP, HEIC/HEIF or AVIF (its first bytes, whatever its name)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(32)
     except OSError:
         return False
     if head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return True
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:  # HEIC/HEIF/AVIF (ISO base media file)
         return True
     return head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_HEADERS
 

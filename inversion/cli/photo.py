@@ -73,6 +73,11 @@ def invert_photo(models: ModelSet, path: Path, folder: Path, *, settings: Mappin
     ``skipped_methods``; the settings recorded are the ones asked for, so a rerun does not redo the photo.
     Raises :class:`PhotoSkipped` (plain reason), :class:`FatalError`, or ``Cancelled``.
     """
+    if settings.get("all_faces"):
+        from inversion.cli.group_photo import invert_group_photo
+
+        return invert_group_photo(models, path, folder, settings=settings, source_sha256=source_sha256, edits=edits,
+                                  ensure_models=ensure_models, on_stage=on_stage, cancel=cancel)
     face = settings["face"]
     try:
         photo = S.open_photo(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from inversion.methods.base import MethodRegistry
 from inversion.methods.encoding import E4E, PSP
+from inversion.methods.hyperstyle import HYPERSTYLE
 from inversion.methods.optimization import W, W_PLUS
 from inversion.methods.tuning import PTI
 
@@ -13,3 +14,4 @@ METHODS.register(PSP)
 METHODS.register(W)
 METHODS.register(W_PLUS)
 METHODS.register(PTI)
+METHODS.register(HYPERSTYLE)

@@ -34,9 +34,14 @@ class StartCache:
         self.encoder_passes = 0
         """How many encoder passes the cache has run (each photo and encoder once)."""
 
+    @staticmethod
+    def _owner(models: "ModelSet") -> int:
+        """The model set's identity, also when seen through a wrapper (``_models``: the session's error view)."""
+        return id(getattr(models, "_models", models))
+
     def _find(self, models: "ModelSet", kind: str, image: torch.Tensor) -> Optional[int]:
         for i, (owner, k, photo, _, _) in enumerate(self._entries):
-            if owner == id(models) and k == kind and photo.shape == image.shape and photo.device == image.device \
+            if owner == self._owner(models) and k == kind and photo.shape == image.shape and photo.device == image.device \
                     and torch.equal(photo, image):
                 return i
         return None
@@ -51,8 +56,16 @@ class StartCache:
             bundle = models.encoder(kind)
             w_plus = bundle.encode(encoder_input(image, int(bundle.opts.get("input_size", 256))))
             self.encoder_passes += 1
-            self._entries.append((id(models), kind, image.detach().clone(), w_plus, None))
+            self._entries.append((self._owner(models), kind, image.detach().clone(), w_plus, None))
             return w_plus
+
+    def add(self, models: "ModelSet", kind: str, image: torch.Tensor, w_plus: torch.Tensor,
+            drawn: Optional[torch.Tensor] = None) -> None:
+        """Store codes (and their synthesis) computed elsewhere, e.g. by one batched encoder pass over several
+        faces, so the methods of a run over ``image`` use them instead of encoding it again."""
+        with self._lock:
+            if self._find(models, kind, image) is None:
+                self._entries.append((self._owner(models), kind, image.detach().clone(), w_plus, drawn))
 
     def try_codes(self, models: "ModelSet", kind: str, image: torch.Tensor) -> Optional[torch.Tensor]:
         """:meth:`codes`, or ``None`` when that encoder's weights are missing or unreadable."""

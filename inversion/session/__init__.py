@@ -27,7 +27,7 @@ from inversion.session.running import (
     METRIC_COLUMNS, add_result, metrics_rows, result_notes, run_inversions, tradeoff_points,
 )
 from inversion.session.state import (
-    ALIGN_SIZE, IDENTITY_MODEL, STRIP_STEPS, WORK_MAX_SIDE, EditOutcome, EditStrip, FilePresent, MethodResult, Photo,
+    ALIGN_SIZE, IDENTITY_MODEL, MAX_FACES, STRIP_STEPS, WORK_MAX_SIDE, EditOutcome, EditStrip, FilePresent, MethodResult, Photo,
     ProgressFn, SessionError, Skipped, TunedCache, TunedGenerator, VisitorState, new_state, to_pil, to_tensor,
 )
 from inversion.session.runtimes import load_runtimes, methods_help_markdown
@@ -38,7 +38,7 @@ from inversion.session.views import (
 )
 
 __all__ = [
-    "ALIGN_SIZE", "EditControl", "EditOutcome", "EditStrip", "FilePresent", "IDENTITY_MODEL", "METHOD_ORDER",
+    "ALIGN_SIZE", "MAX_FACES", "EditControl", "EditOutcome", "EditStrip", "FilePresent", "IDENTITY_MODEL", "METHOD_ORDER",
     "METRIC_COLUMNS", "MethodResult", "Photo", "ProgressFn", "STRIP_STEPS", "SessionError", "Skipped", "TunedCache",
     "TunedGenerator", "VisitorState", "WORK_MAX_SIDE", "add_result", "align_photo", "as_number", "as_seed",
     "as_whole", "default_family", "download_order", "edit_choices", "edit_control", "edit_results",

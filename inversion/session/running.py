@@ -98,7 +98,8 @@ def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str]
     (a :class:`TunedCache` bounds how many stay alive) instead of ``inversion.generator``. ``keep_on_device=False``
     moves the tuned generator to the CPU too (where the device is not the caller's to keep, e.g. ZeroGPU).
     ``starts``: a cache shared with an earlier call for the same photo (the app runs the encoders, then the
-    optimizing methods, in two calls). Cancelling raises :class:`~inversion.result.Cancelled`.
+    optimizing methods, in two calls; the all-faces mode passes one batched encoder pass over every face).
+    Cancelling raises :class:`~inversion.result.Cancelled`.
     """
     presets = dict(presets or {})
     status = method_status(models, file_present, registry) if file_present is not None else {}

@@ -24,7 +24,10 @@ from inversion.result import Inversion
 ALIGN_SIZE = 1024
 """The aligned crop is kept in the FFHQ frame at this size; each model family gets it resized to its own size."""
 WORK_MAX_SIDE = 4096
-"""Photos with a longer side are downscaled to it on upload (bounds per-visitor memory)."""
+"""Photos with a longer side are kept downscaled to it (display and paste-back; bounds per-visitor memory); their
+faces are aligned from the full-resolution pixels at upload, as the original code aligns them."""
+MAX_FACES = 8
+"""Faces aligned at upload from a photo larger than :data:`WORK_MAX_SIDE`, and faces of the all-faces mode."""
 STRIP_STEPS = (1, 9)
 
 ProgressFn = Callable[[str, int, int, Mapping[str, float]], None]
@@ -93,11 +96,14 @@ class TunedCache:
 
 @dataclass(frozen=True)
 class Photo:
-    """The visitor's photo: upright RGB (downscaled when huge), the faces found in it, notes for the visitor."""
+    """The visitor's photo: upright RGB (downscaled when huge), the faces found in it (coordinates of ``image``),
+    notes for the visitor. ``aligned``: for a downscaled photo, face ``i``'s FFHQ crop made from the
+    full-resolution pixels (None past :data:`MAX_FACES`); empty when ``image`` is the full photo."""
 
     image: Image.Image
     faces: tuple[alignment.Face, ...]
     notes: tuple[str, ...] = ()
+    aligned: tuple[Optional[alignment.AlignedFace], ...] = ()
 
 
 @dataclass(frozen=True)
