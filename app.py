@@ -26,7 +26,7 @@ from editing import EditError, get_edit
 from inversion import session as S
 from inversion import group as G
 from inversion.before_after import COMPARE_SIZE, before_after
-from inversion.align import AlignmentError, PredictorNotFoundError
+from inversion.align import AlignmentError, load_image, PredictorNotFoundError
 from inversion.checkpoints import BackgroundDownloader, CheckpointError, CheckpointMissingError
 from inversion.methods import METHODS, MethodRegistry
 from inversion.models import ModelSet, choose_device
@@ -456,6 +456,18 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
     all_faces = _plain_errors(_on_gpu(_all_faces, duration=240))
 
     @_plain_errors
+    def photo_from_file(upload: Any) -> str:
+        """A photo file browsers cannot show (HEIC, AVIF...) as a lossless, upright PNG for the photo box."""
+        path = _upload_path(upload)
+        if not path:
+            raise S.SessionError("Upload a photo file first.")
+        image = load_image(path)
+        folder = Path(tempfile.mkdtemp(prefix="photo-", dir=Path(tempfile.gettempdir())))
+        out = folder / "photo.png"
+        image.save(out, format="PNG", compress_level=1)
+        return str(out)
+
+    @_plain_errors
     def export(state: Optional[S.VisitorState]):
         root = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio") / "stylegan2-exports"
         root.mkdir(parents=True, exist_ok=True)
@@ -525,6 +537,8 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                 photo = gr.Image(label="Your photo (upload, webcam or paste)", type="filepath", image_mode=None,
                                  sources=["upload", "webcam", "clipboard"],
                                  webcam_options=gr.WebcamOptions(mirror=True), height=360, elem_id="photo")
+                photo_file = gr.File(label="…or a photo file the browser cannot show (iPhone HEIC, AVIF…)",
+                                     file_types=["image", ".heic", ".heif", ".avif"], height=80, elem_id="photo-file")
                 gr.Examples(EXAMPLES, inputs=[photo], label="Examples (public domain)")
                 face_index = gr.Number(0, precision=0, visible=False, label="face index (0 = best)")
                 all_mode = gr.Checkbox(False, label="All faces: invert, edit and paste back every face (up to 8)",
@@ -633,6 +647,7 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                                                                               [compare_inv, compare_edit], **private)
         paste_btn.click(paste_back, [paste_method, state], [state, pasted], api_name="paste_back")
         export_btn.click(export, [state], [files, download], api_name="export")
+        photo_file.upload(photo_from_file, [photo_file], [photo], api_visibility="private", preprocess=False)
         all_mode.change(lambda on: (gr.Button(visible=on), gr.Button(visible=not on)), [all_mode],
                         [all_btn, paste_btn], **private)
         all_btn.click(all_faces, [family, methods, *preset_controls, seed, edit_name, strength, component,
