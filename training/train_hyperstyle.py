@@ -210,8 +210,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         net, output_size=g.size, initial="e4e", n_iters=hp.train_iters, info={
             "step": step, "train_seconds": round(seconds, 1), "images_seen": step * hp.batch,
             "parameters": n_params, "generator": Path(args.generator).name, "hparams": asdict(hp),
-            "feature_loss": feature_name, "held_out": held_out, "continued_from": history_before, "device": torch.cuda.get_device_name(dev)
-            if dev.type == "cuda" else "cpu", "history": history[-5:]})
+            "feature_loss": feature_name, "held_out": held_out, "continued_from": history_before,
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "history": history[-5:]})
     from safetensors.torch import save_file
 
     args.export_dir.mkdir(parents=True, exist_ok=True)
