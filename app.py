@@ -30,7 +30,7 @@ from editing import EditError, get_edit
 from inversion import session as S
 from inversion import group as G
 from inversion.before_after import COMPARE_SIZE, before_after
-from inversion.align import AlignmentError, PredictorNotFoundError
+from inversion.align import AlignmentError, load_image, PredictorNotFoundError
 from inversion.checkpoints import BackgroundDownloader, CheckpointError, CheckpointMissingError
 from inversion.methods import METHODS, MethodRegistry, StartCache
 from inversion.lanes import CONFIRM_OVER_S, LaneError, LanePlan, RunTimes
@@ -526,6 +526,19 @@ def _handlers(ctx: _App) -> SimpleNamespace:
 
     @_plain_errors
     @_short
+    def photo_from_file(upload: Any) -> str:
+        """A photo file browsers cannot show (HEIC, AVIF...) as a lossless, upright PNG for the photo box."""
+        path = _upload_path(upload)
+        if not path:
+            raise S.SessionError("Upload a photo file first.")
+        image = load_image(path)
+        folder = Path(tempfile.mkdtemp(prefix="photo-", dir=Path(tempfile.gettempdir())))
+        out = folder / "photo.png"
+        image.save(out, format="PNG", compress_level=1)
+        return str(out)
+
+    @_plain_errors
+    @_short
     def export(state: Optional[S.VisitorState]):
         root = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio") / "stylegan2-exports"
         root.mkdir(parents=True, exist_ok=True)
@@ -573,7 +586,7 @@ def _handlers(ctx: _App) -> SimpleNamespace:
     return SimpleNamespace(
         align=align, pick_face=pick_face, after_align=after_align, invert=invert, after_invert=after_invert,
         stop=stop, after_stop=after_stop, on_leave=on_leave, edit=edit, after_edit=after_edit, paste_back=paste_back, export=export,
-        compare=compare, all_faces=all_faces,
+        compare=compare, all_faces=all_faces, photo_from_file=photo_from_file,
         refresh_status=refresh_status, status=status, on_load=on_load, on_edit_choice=on_edit_choice,
         method_labels=method_labels, with_presets=with_presets)
 
@@ -627,6 +640,8 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                 photo = gr.Image(label="Your photo (upload, webcam or paste)", type="filepath", image_mode=None,
                                  sources=["upload", "webcam", "clipboard"],
                                  webcam_options=gr.WebcamOptions(mirror=True), height=360, elem_id="photo")
+                photo_file = gr.File(label="…or a photo file the browser cannot show (iPhone HEIC, AVIF…)",
+                                     file_types=["image", ".heic", ".heif", ".avif"], height=80, elem_id="photo-file")
                 gr.Examples(EXAMPLES, inputs=[photo], label="Examples (public domain)")
                 face_index = gr.Number(0, precision=0, visible=False, label="face index (0 = best)")
                 all_mode = gr.Checkbox(False, label="All faces: invert, edit and paste back every face (up to 8)",
@@ -747,6 +762,8 @@ def build_demo(model_sets: Optional[Mapping[str, ModelSet]] = None, *,
                                                          [compare_inv, compare_edit], **private)
         paste_btn.click(h.paste_back, [paste_method, state], [state, pasted], api_name="paste_back", **short)
         export_btn.click(h.export, [state], [files, download], api_name="export", **short)
+        photo_file.upload(h.photo_from_file, [photo_file], [photo], api_visibility="private", preprocess=False,
+                          **short)
         all_mode.change(lambda on: (gr.Button(visible=on), gr.Button(visible=not on)), [all_mode],
                         [all_btn, paste_btn], **private)
         # all faces: encoders under the short gate, optimizing methods through the long lane (see h.all_faces)

@@ -68,24 +68,30 @@ def align_all(photo: S.Photo, *, max_faces: int = S.MAX_FACES) -> Group:
 
 
 # --------------------------------------------------------------------------------------------- inversion
+ENCODER_BATCH = 4
+"""Faces per batched encoder pass + synthesis (bounds peak memory: an FFHQ 1024 synthesis of 4 is ~4x one)."""
+
+
 @torch.no_grad()
-def batched_starts(models: ModelSet, images: Sequence[torch.Tensor], kinds: Sequence[str]) -> StartCache:
-    """One encoder pass per encoder over all ``images`` ((1, 3, S, S) each), and one batched synthesis of the
-    codes, stored in a :class:`StartCache` the per-face runs then read from. Missing encoders are left out."""
+def batched_starts(models: ModelSet, images: Sequence[torch.Tensor], kinds: Sequence[str], *,
+                   batch_size: int = ENCODER_BATCH) -> StartCache:
+    """Encoder passes over ``images`` ((1, 3, S, S) each) in batches of ``batch_size``, with a batched synthesis
+    of the codes, stored in a :class:`StartCache` the per-face runs then read from. Missing encoders are left
+    out."""
     cache = StartCache()
-    if not images:
-        return cache
-    batch = torch.cat([im.to(models.device, torch.float32) for im in images])
     for kind in kinds:
         try:
             bundle = models.encoder(kind)
         except (CheckpointError, OSError):
             continue
-        codes = bundle.encode(encoder_input(batch, int(bundle.opts.get("input_size", 256))))
-        drawn = models.generator().synthesis(codes)
-        cache.encoder_passes += 1
-        for i in range(len(images)):
-            cache.add(models, kind, batch[i:i + 1], codes[i:i + 1], drawn[i:i + 1])
+        size = int(bundle.opts.get("input_size", 256))
+        for start in range(0, len(images), batch_size):
+            batch = torch.cat([im.to(models.device, torch.float32) for im in images[start:start + batch_size]])
+            codes = bundle.encode(encoder_input(batch, size))
+            drawn = models.generator().synthesis(codes)
+            cache.encoder_passes += 1
+            for i in range(batch.shape[0]):
+                cache.add(models, kind, batch[i:i + 1], codes[i:i + 1], drawn[i:i + 1])
     return cache
 
 

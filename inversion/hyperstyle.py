@@ -209,7 +209,8 @@ class BasicBlock(nn.Module):
 
 
 class SharedWeightsHypernet(nn.Module):
-    """Code ``(N, z)`` -> offset ``(N, C, C, 3, 3)``: ``((z @ w2 + b2).view(N, C, z) @ w1 + b1).view(N, C, C, 3, 3)``."""
+    """Code ``(N, z)`` -> offset ``(N, C, C, 3, 3)``:
+    ``((z @ w2 + b2).view(N, C, z) @ w1 + b1).view(N, C, C, 3, 3)``."""
 
     def __init__(self, width: int, z_dim: int, kernel: int = 3) -> None:
         super().__init__()

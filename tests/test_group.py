@@ -112,7 +112,7 @@ def test_invert_edit_paste_all_with_batched_encoders(tmp_path, monkeypatch):
         return Counted()
     monkeypatch.setattr(models, "encoder", counting)
     inverted, skipped = G.invert_all(models, group, ["e4e", "psp"], file_present=NOTHING)
-    assert skipped == [] and sorted(calls) == [("e4e", 4), ("psp", 4)]  # one pass per encoder for all faces
+    assert skipped == [] and sorted(calls) == [("e4e", 4), ("psp", 4)]  # one pass per encoder for the 4 faces
     monkeypatch.setattr(models, "encoder", real)
     for face in inverted.faces:  # the batched codes are each face's own
         image = S.model_input(face, SIZE)

@@ -108,7 +108,8 @@ def test_weight_deltas_per_pass_match_reference(reference_run, it):
         d = deltas[j]
         full = d.expand(-1, -1, -1, *GOLD[f"it{it}_l{j}_crop"].shape[-2:])  # per-(out, in) offsets cover all taps
         flat = full.reshape(2, -1)
-        idx = torch.linspace(0, flat.shape[1] - 1, GOLD[f"it{it}_l{j}_pick"].shape[1], dtype=torch.float64).round().long()
+        n_pick = GOLD[f"it{it}_l{j}_pick"].shape[1]
+        idx = torch.linspace(0, flat.shape[1] - 1, n_pick, dtype=torch.float64).round().long()  # as make_golden.py
         assert rel_err(full[:, :4, :4], GOLD[f"it{it}_l{j}_crop"]) < REL_TOL, (it, j)
         assert rel_err(flat[:, idx], GOLD[f"it{it}_l{j}_pick"]) < REL_TOL, (it, j)
         assert rel_err(flat.sum(1), GOLD[f"it{it}_l{j}_sum"]) < REL_TOL, (it, j)

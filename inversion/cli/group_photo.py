@@ -80,7 +80,7 @@ def invert_group_photo(models: ModelSet, path: Path, folder: Path, *, settings: 
         _check_cancel(cancel)
         on_stage(f"edit {wanted['key']} on {n} faces")
         try:
-            edited = G.edit_all(models, group, edit.name, wanted["offset"], component=edit.component)
+            edited = G.edit_all(models, group, wanted["name"], wanted["offset"], component=edit.component)
         except (EditError, S.SessionError, CheckpointError) as err:
             warnings.append(f"edit {wanted['key']}: {err}")
             continue

@@ -83,7 +83,8 @@ def _start_codes(request: RunRequest, bundle: HyperStyleBundle, x: torch.Tensor)
 
 @torch.no_grad()
 def run_hyperstyle(request: RunRequest, n_iters: Optional[int] = None) -> Inversion:
-    """Start code, ``n_iters`` refinement passes (5), the adjusted generator. Progress: one step per pass."""
+    """Start code, ``n_iters`` refinement passes (default: the model's), the adjusted generator. Progress: one step
+    per pass."""
     models, image = request.models, request.image
     g = models.generator()
     bundle = models.load_piece(HYPERNET_PIECE)
@@ -115,8 +116,8 @@ def invert_hyperstyle(models, image: torch.Tensor, **kwargs) -> Inversion:
 
 HYPERSTYLE = Method(
     "hyperstyle", "HyperStyle",
-    "e4e-style start, then a hypernetwork adjusts the generator's weights for this photo in 5 quick passes: "
+    "e4e-style start, then a hypernetwork adjusts the generator's weights for this photo in a few quick passes: "
     "close to PTI's fidelity at encoder speed; edits run on the adjusted generator.",
     run_hyperstyle, needs=("generator", "hyperstyle", "hyperstyle:start"), order=25,
-    how="encoder start, then a hypernetwork predicts weight offsets (5 passes)",
+    how="encoder start, then a hypernetwork predicts weight offsets (3-5 passes)",
     pieces=(HYPERNET_PIECE, START_PIECE))
