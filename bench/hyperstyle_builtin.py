@@ -77,7 +77,7 @@ def main() -> None:
     lines = ["# HyperStyle on the built-in set (CPU, `python -m bench.hyperstyle_builtin`)", "",
              f"torch threads: {torch.get_num_threads()}; shared 2-core machine, so times are upper bounds.", "",
              "| set | method | images | MSE | s / image |", "|---|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d:.5f} | {e:.2f} |" for a, b, c, d, e in rows]
+    lines += [f"| {a} | {b} | {c} | {d:.5f} | {'–' if e != e else f'{e:.2f}'} |" for a, b, c, d, e in rows]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -7,7 +7,9 @@ hypernetwork tensors share the value filled for ``hypernet.shared_weight_hyperne
 official-container loader (``load_hyperstyle_checkpoint``) with the same float64 dicts.
 
 Error = max |ours - ref| / max |ref| per array, tolerance REL_TOL = 1e-5 (as pSp/e4e; golden arrays are stored in
-float32, whose rounding is ~6e-8 relative). Measured values are in the report / training README.
+float32, whose rounding is ~6e-8 relative). Measured (CPU, float64): W code 2.7e-8, start codes 4.8e-8, first
+reconstruction 4.6e-8, weight deltas of every tuned layer and pass (crops, 256 spread samples, sums) <= 5.7e-8,
+images per pass <= 4.3e-8, final image 5.3e-8: all at the float32 storage rounding of the golden arrays.
 """
 from __future__ import annotations
 
