@@ -1,10 +1,13 @@
 """Helpers shared by the tests that run the app on 127.0.0.1: a free port and this process's memory."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
 import socket
+from pathlib import Path
+from typing import Any, Callable, Iterator, Union
 
 
 def free_port() -> int:
@@ -29,3 +32,24 @@ def settled_rss_mb() -> float:
     except (OSError, AttributeError):
         pass
     return rss_mb()
+
+
+@contextlib.contextmanager
+def launched(build: Callable[[], Any], cache: Union[str, Path], **launch: Any) -> Iterator[tuple[str, Any]]:
+    """``(url, demo)`` of ``build()`` (a gr.Blocks) serving on a free 127.0.0.1 port, with ``XDG_CACHE_HOME``
+    (direction caches) set to ``cache`` while it runs; closed and restored afterwards."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    try:
+        demo = build()
+        port = free_port()
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch)
+        try:
+            yield f"http://127.0.0.1:{port}/", demo
+        finally:
+            demo.close()
+    finally:
+        if old is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = old

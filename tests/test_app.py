@@ -17,7 +17,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 from inversion.models import Family  # noqa: E402
 from tiny_models import N_LATENT, SIZE, STYLE_DIM, TinyModelSet, tiny_model_set  # noqa: E402
-from app_server import free_port  # noqa: E402
+from app_server import launched  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER = ROOT / "examples" / "grace_hopper.jpg"
@@ -42,22 +42,11 @@ class BrokenModelSet(TinyModelSet):
 def server(tmp_path_factory):
     """The app on a free port with the tiny family; direction caches go to a temp folder."""
     cache = tmp_path_factory.mktemp("xdg")
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(cache)
     import app
 
-    demo = app.build_demo({"tiny": tiny_model_set(), "broken": BrokenModelSet()})
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                max_file_size=app.MAX_FILE_SIZE)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-        if old is None:
-            os.environ.pop("XDG_CACHE_HOME", None)
-        else:
-            os.environ["XDG_CACHE_HOME"] = old
+    families = {"tiny": tiny_model_set(), "broken": BrokenModelSet()}
+    with launched(lambda: app.build_demo(families), str(cache), max_file_size=app.MAX_FILE_SIZE) as (url, demo):
+        yield url
 
 
 def client(url: str) -> Client:

@@ -33,7 +33,7 @@ from inversion import session as S  # noqa: E402
 from inversion.checkpoints import CheckpointMissingError  # noqa: E402
 from inversion.models import Family  # noqa: E402
 from tiny_models import SIZE, TinyModelSet, tiny_model_set  # noqa: E402
-from app_server import free_port, settled_rss_mb  # noqa: E402
+from app_server import settled_rss_mb, launched  # noqa: E402
 
 CASES = B.corpus()
 MEMORY_BOUND_MB = 200.0
@@ -68,17 +68,12 @@ class PartialModelSet(TinyModelSet):
 def server(tmp_path_factory):
     """The app with the tiny family and a family missing its e4e weights; a warmed-up baseline RSS."""
     cache = tmp_path_factory.mktemp("xdg")
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(cache)
     import app
 
-    demo = app.build_demo({"tiny": tiny_model_set(), "partial": PartialModelSet()})
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                max_file_size=app.MAX_FILE_SIZE)
-    info = SimpleNamespace(url=f"http://127.0.0.1:{port}/", demo=demo, sessions=[], shared={}, probe=None,
-                           baseline=None, upright=None, folder=tmp_path_factory.mktemp("corpus"), results={})
-    try:
+    families = {"tiny": tiny_model_set(), "partial": PartialModelSet()}
+    with launched(lambda: app.build_demo(families), str(cache), max_file_size=app.MAX_FILE_SIZE) as (url, demo):
+        info = SimpleNamespace(url=url, demo=demo, sessions=[], shared={}, probe=None,
+                               baseline=None, upright=None, folder=tmp_path_factory.mktemp("corpus"), results={})
         warm = visitor(info, "inverted", shared=False)
         warm.predict("sefa", 2.0, 0, 3, api_name="/edit")
         warm.predict(api_name="/export")
@@ -89,12 +84,6 @@ def server(tmp_path_factory):
         info.baseline = settled_rss_mb()
         info.preexisting = {id(o) for o in _visitor_objects()}  # other tests' servers in this process
         yield info
-    finally:
-        demo.close()
-        if old is None:
-            os.environ.pop("XDG_CACHE_HOME", None)
-        else:
-            os.environ["XDG_CACHE_HOME"] = old
 
 
 def visitor(server: SimpleNamespace, setup: str, *, shared: bool = True) -> Client:

@@ -16,7 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from tiny_models import tiny_model_set  # noqa: E402
-from app_server import free_port  # noqa: E402
+from app_server import launched  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -32,21 +32,10 @@ def chromium_path() -> str:
 
 @pytest.fixture
 def app_url(tmp_path):
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
     import app
 
-    demo = app.build_demo({"tiny": tiny_model_set()})
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-        if old is None:
-            os.environ.pop("XDG_CACHE_HOME", None)
-        else:
-            os.environ["XDG_CACHE_HOME"] = old
+    with launched(lambda: app.build_demo({"tiny": tiny_model_set()}), str(tmp_path / "xdg")) as (url, demo):
+        yield url
 
 
 def test_example_align_run_in_chromium(app_url, tmp_path):

@@ -26,7 +26,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from tiny_models import tiny_model_set  # noqa: E402
-from app_server import free_port, rss_mb, settled_rss_mb  # noqa: E402
+from app_server import rss_mb, settled_rss_mb, launched  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = (ROOT / "examples" / "grace_hopper.jpg", ROOT / "examples" / "astronaut.png")
@@ -77,22 +77,12 @@ class Shared:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     cache = tmp_path_factory.mktemp("xdg")
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(cache)
     import app
 
-    demo = app.build_demo({"tiny": tiny_model_set()})  # lane sizes from the device (this CPU)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                max_file_size=app.MAX_FILE_SIZE)
-    try:
-        yield f"http://127.0.0.1:{port}/", demo
-    finally:
-        demo.close()
-        if old is None:
-            os.environ.pop("XDG_CACHE_HOME", None)
-        else:
-            os.environ["XDG_CACHE_HOME"] = old
+    # lane sizes from the device (this CPU)
+    with launched(lambda: app.build_demo({"tiny": tiny_model_set()}),
+                  str(cache), max_file_size=app.MAX_FILE_SIZE) as (url, demo):
+        yield url, demo
 
 
 def _running_run(lane: Any) -> Optional[str]:

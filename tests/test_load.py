@@ -36,7 +36,7 @@ from gradio_client.utils import Status  # noqa: E402
 
 from inversion import session as S  # noqa: E402
 from tiny_models import SIZE, tiny_model_set  # noqa: E402
-from app_server import free_port, rss_mb, settled_rss_mb  # noqa: E402
+from app_server import rss_mb, settled_rss_mb, launched  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER = ROOT / "examples" / "grace_hopper.jpg"
@@ -138,23 +138,12 @@ def _diff(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     cache = tmp_path_factory.mktemp("xdg")
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(cache)
     import app
 
     models = tiny_model_set()
-    demo = app.build_demo({"tiny": models}, pti_keep=PTI_KEEP)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                max_file_size=app.MAX_FILE_SIZE)
-    try:
-        yield f"http://127.0.0.1:{port}/", demo, models
-    finally:
-        demo.close()
-        if old is None:
-            os.environ.pop("XDG_CACHE_HOME", None)
-        else:
-            os.environ["XDG_CACHE_HOME"] = old
+    with launched(lambda: app.build_demo({"tiny": models}, pti_keep=PTI_KEEP),
+                  str(cache), max_file_size=app.MAX_FILE_SIZE) as (url, demo):
+        yield url, demo, models
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 from inversion.lanes import LanePlan, RunTimes  # noqa: E402
 from tiny_models import tiny_model_set  # noqa: E402
-from app_server import free_port  # noqa: E402
+from app_server import launched  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER = ROOT / "examples" / "grace_hopper.jpg"
@@ -34,24 +34,16 @@ ESTIMATES = {"cpu": {"w+": {"quality": 1800.0}, "w": {"fast": 20.0}}}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     cache = tmp_path_factory.mktemp("xdg")
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(cache)
     import app
 
     models = tiny_model_set()
-    demo = app.build_demo({"tiny": models}, lanes=LanePlan(short=2, long=1, max_waiting=4),
-                          run_times=RunTimes("cpu", ESTIMATES, table_family="tiny"))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                max_file_size=app.MAX_FILE_SIZE)
-    try:
-        yield f"http://127.0.0.1:{port}/", demo, models
-    finally:
-        demo.close()
-        if old is None:
-            os.environ.pop("XDG_CACHE_HOME", None)
-        else:
-            os.environ["XDG_CACHE_HOME"] = old
+
+    def build():
+        return app.build_demo({"tiny": models}, lanes=LanePlan(short=2, long=1, max_waiting=4),
+                              run_times=RunTimes("cpu", ESTIMATES, table_family="tiny"))
+
+    with launched(build, str(cache), max_file_size=app.MAX_FILE_SIZE) as (url, demo):
+        yield url, demo, models
 
 
 class StepCounter:
