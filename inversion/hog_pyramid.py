@@ -43,7 +43,7 @@ EXACT_STEPS = 4
 """Pyramid steps below the scanned level computed with dlib's own resize arithmetic."""
 TIE = 0.12
 """Score gap below which two different candidate boxes are scored again, more exactly (measured score error
-with :data:`EXACT_STEPS` steps: up to about 0.06)."""
+with :data:`EXACT_STEPS` steps: up to about 0.09)."""
 EXACT_STEPS_TIE = 8
 """Exact steps for that second scoring (measured score error: up to about 0.03)."""
 BASE_BLUR = 0.45

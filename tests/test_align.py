@@ -408,7 +408,7 @@ def test_heic_and_avif_photos_are_read_upright(fmt, brand):
     plain = _heif_bytes(upright, fmt)
     assert plain[4:12] == b"ftyp" + brand  # a real HEIC / AVIF file
     loaded = load_image(plain)
-    # Lossy codecs at quality 95: measured mean abs diff 0.5 (HEIC) / 0.9 (AVIF) against the JPEG decode.
+    # Lossy codecs at quality 95: measured mean abs diff 0.63 (HEIC) / 0.96 (AVIF) against the JPEG decode.
     assert loaded.size == (512, 600) and np.abs(np.asarray(loaded, np.int16) - np.asarray(upright)).mean() < 2.0
     # Stored turned on its side with EXIF orientation 6 ("rotate 90 clockwise to view"), as phones do.
     rotated = load_image(_heif_bytes(upright.transpose(Image.Transpose.ROTATE_90), fmt, orientation=6))
