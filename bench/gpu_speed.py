@@ -144,6 +144,37 @@ def check(b: Bench) -> None:
               max(abs(x - y) for x, y in zip(runs[k].losses, runs[k + 1].losses)) for k in (0, 2)])
 
 
+def fold(b: Bench, g, lp, target) -> None:
+    """FIR folded into the transposed conv (CUDA default) vs the separate depthwise blur: agreement and speed."""
+    from inversion.optimize import optimize_latent
+
+    ws = g.mean_latent(1000)[:, None].expand(1, g.n_latent, -1).contiguous()
+    ws = ws + 0.2 * torch.randn_like(ws)
+    imgs = {}
+    for f in (False, True):
+        g.fold_blur = f
+        with torch.no_grad():
+            imgs[f] = g.synthesis(ws)
+        for prec in ("fp32", "bf16"):
+            def fn() -> torch.Tensor:
+                with torch.autocast("cuda", torch.bfloat16, enabled=prec == "bf16", cache_enabled=False):
+                    return g.synthesis(ws)
+            call = _graphed(fn)
+            t = common.time_call(call, device=torch.device("cuda"), warmup=3, repeats=20, budget_s=10)
+            b.add(part="fold", what="synthesis b1 graph", fold=f, prec=prec, ms=t["median_s"] * 1e3)
+        for bf16 in (False, True):
+            times = {}
+            for n in (10, 110):
+                t0 = _now()
+                optimize_latent(g, target, lpips=lp, space="w+", steps=n, lr=0.1, early_stop=False, autocast=bf16)
+                times[n] = _now() - t0
+            b.add(part="fold", what="W+ step graph", fold=f, prec="bf16" if bf16 else "fp32",
+                  per_step_ms=(times[110] - times[10]) / 100 * 1e3)
+    g.fold_blur = None
+    b.add(part="fold", what="fp32 TF32 image difference fold vs separate",
+          max_abs=float((imgs[True] - imgs[False]).abs().max()), img_max=float(imgs[False].abs().max()))
+
+
 def synthesis(b: Bench, g) -> None:
     for batch in (1, 8, 32):
         ws = g.mean_latent(1000)[:, None].expand(batch, g.n_latent, -1).contiguous()
@@ -166,13 +197,13 @@ def synthesis(b: Bench, g) -> None:
                     b.guard(f"synthesis b{batch} {mode} {prec} {how}", one)
 
 
-def optimization(b: Bench, g, lp, target) -> None:
+def optimization(b: Bench, g, lp, target, pti_only: bool = False) -> None:
     from inversion.optimize import optimize_latent
     from inversion.pti import pivotal_tuning
 
     variants = [("w+", False, False, 0), ("w+", True, False, 0), ("w+", True, True, 0), ("w+", False, True, 0),
                 ("w+", True, True, 1000), ("w+", True, False, 1000), ("w", True, True, 0)]
-    for space, graph, bf16, coarse in variants:
+    for space, graph, bf16, coarse in ([] if pti_only else variants):
         def one() -> None:
             times, peaks = {}, {}
             for n in (10, 110):
@@ -240,6 +271,10 @@ def main() -> None:
             b.guard("check", lambda: check(b))
         elif part == "profile":
             b.guard("profile", lambda: profile_step(b, g, lp, target))
+        elif part == "fold":
+            b.guard("fold", lambda: fold(b, g, lp, target))
+        elif part == "pti":
+            b.guard("pti", lambda: optimization(b, g, lp, target, pti_only=True))
         elif part == "optimization":
             optimization(b, g, lp, target)
         elif part == "synthesis":

@@ -359,7 +359,7 @@ class _Run:
                     fire = (i >= self.check_from) & (before - rb <= r.stall_eps * before.abs() + r.stall_abs)
             grads = torch.autograd.grad(total, self.params)
             for p, g in zip(self.params, grads):
-                p.grad = g
+                p.grad = g if g.stride() == p.stride() else g.contiguous()  # fused Adam wants equal layouts
             self.optimizer.step()
             if self.noises:
                 with torch.no_grad():

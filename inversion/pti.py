@@ -246,7 +246,7 @@ class _Tuner:
         self.log.index_copy_(0, i, row[None])
         grads = torch.autograd.grad(loss, self.params)
         for q, g in zip(self.params, grads):
-            q.grad = g
+            q.grad = g if g.stride() == q.stride() else g.contiguous()  # fused Adam wants equal layouts
         self.optimizer.step()
         self.i.add_(1)
         self.host_i += 1
