@@ -353,9 +353,10 @@ class Generator(nn.Module):
             in_ch = out_ch
         self.noises = NoiseBuffers([2 ** ((i + 5) // 2) for i in range(self.num_layers)])
         self.fold_blur: Optional[bool] = None
-        """Upsampling FIR folded into the transposed-conv weights (:func:`fold_blur`) in the grouped form:
-        ``None`` = on CUDA (measured faster on an H200: no depthwise blur passes, no layout conversions;
-        ``bench/results/h200_speed.json``), off on the CPU; True/False force it. Exact either way."""
+        """Upsampling FIR folded into the transposed-conv weights (:func:`fold_blur`) in the grouped form.
+        ``None`` (default) = off: measured SLOWER on an H200 (graphed W+ step at 1024, bf16: 15.5 ms folded vs
+        10.4 ms separate; fp32 17.7 vs 13.5 ms; ``bench/results/h200_speed_run2.json``): the 6x6 transposed
+        convolutions cost more than the depthwise blur they replace. True forces it (exact either way)."""
 
     # -- config ---------------------------------------------------------------
     def config(self) -> dict:
@@ -431,7 +432,7 @@ class Generator(nn.Module):
 
     def _synthesize(self, ws: torch.Tensor, noises: list[torch.Tensor], *, grouped: Optional[bool],
                     size: int) -> torch.Tensor:
-        fold = ws.is_cuda if self.fold_blur is None else self.fold_blur
+        fold = bool(self.fold_blur)
         blocks = int(math.log2(size)) - 2  # to_rgbs run up to `size` (0 blocks: the 4 px output)
         x = self.input(ws.shape[0])
         if ws.shape[0] == 1 or grouped is False:  # NHWC: faster convs; batched groups want NCHW

@@ -211,3 +211,22 @@ def test_bf16_autocast_keeps_float32_state(G: Generator, lp: LPIPS, wplus_run) -
     assert inv.w_plus.dtype == torch.float32 and inv.image.dtype == torch.float32
     assert all(n.dtype == torch.float32 for n in inv.noise)
     assert all(math.isfinite(x) for x in inv.losses)
+
+
+def test_result_does_not_depend_on_check_every(G: Generator, lp: LPIPS, codes: dict[str, torch.Tensor]) -> None:
+    """The early stop is decided inside the step (device side), so reading the logs every step or every 7 steps
+    gives the same run: same losses, same stop, same returned code."""
+    target = G.synthesis(codes["w"][:, None].expand(1, G.n_latent, -1))
+    init = codes["w"] + 0.1 * torch.randn(1, G.style_dim, generator=torch.Generator().manual_seed(2))
+    runs = [optimize_latent(G, target, lpips=lp, space="w", steps=300, lr=0.1, init=init, check_every=k)
+            for k in (1, 7)]
+    assert runs[0].info["stopped_early"] and runs[0].info["steps_run"] == runs[1].info["steps_run"]
+    assert runs[0].losses == runs[1].losses and torch.equal(runs[0].w_plus, runs[1].w_plus)
+
+
+def test_best_state_is_never_a_noisy_step(G: Generator, lp: LPIPS, wplus_run) -> None:
+    """With latent noise the per-step losses are of perturbed codes; only clean steps (t >= 0.75) may be
+    returned instead of the final state."""
+    target = wplus_run[0]
+    inv = optimize_latent(G, target, lpips=lp, space="w+", steps=40, lr=0.1, latent_noise=0.05, early_stop=False)
+    assert inv.info["returned_step"] == inv.info["steps_run"] or inv.info["returned_step"] >= 30
