@@ -21,7 +21,7 @@ from editing import EditRequest, apply_edits
 from editing.attributes import load_attribute_model, predict_attributes
 from editing.directions import get_edit
 from inversion import metrics
-from inversion.methods import evaluate, invert
+from inversion.methods import METHODS, evaluate, invert
 from inversion.models import ModelSet
 from training.faces import face_batch
 
@@ -51,8 +51,8 @@ def main() -> None:
     rows = []
     for set_name, images in sets.items():
         truth_attr = attribute_table(reg, images)
-        for method in ("e4e", "psp", "w", "w+", "pti"):
-            n = args.n if method in ("e4e", "psp") else min(args.n_opt, args.n)
+        for method in METHODS.order:
+            n = args.n if not METHODS[method].has_presets else min(args.n_opt, args.n)
             start = time.perf_counter()
             recs, spreads, mses = [], [], []
             for i in range(n):

@@ -82,9 +82,11 @@ def run(ctx, *, samples: int, presets: Sequence[str], lpips_model, lpips_label: 
             except (CheckpointError, OSError) as err:
                 out["notes"].append(f"not available: {err}")
         invert(models, "w", targets[0][1], preset="fast")
-    methods = list(methods or ("e4e", "psp", "w", "w+", "pti"))
-    jobs = [(m, "default") for m in methods if m in ("e4e", "psp")]
-    jobs += [(m, p) for p in presets for m in methods if m not in ("e4e", "psp")]  # every method's fast preset first
+    from inversion.methods import METHODS
+
+    methods = list(methods or METHODS.order)
+    jobs = [(m, "default") for m in methods if not METHODS[m].has_presets]  # encoders, HyperStyle
+    jobs += [(m, p) for p in presets for m in methods if METHODS[m].has_presets]  # every method's fast preset first
     for method, preset in jobs:
         if ctx.out_of_time("quality"):
             out["skipped"].append(f"{method}/{preset}: time budget spent")
@@ -125,7 +127,7 @@ def _invert(ctx, models, g, method: str, preset: str, image: torch.Tensor, lpips
 
         inv = invert(models, method, image, preset=preset)
         return inv, evaluate(models, inv, image)
-    if method in ("e4e", "psp"):
+    if method not in ("w", "w+", "pti"):  # the encoders and HyperStyle need their weight files (use_models)
         return None, {}
     from inversion.optimize import optimize_latent
     from inversion.pti import pivotal_tuning

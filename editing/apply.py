@@ -7,8 +7,10 @@ the coordinate to reach; the identity is leaving the edit out, or ``strength = c
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -37,13 +39,43 @@ def _component(spec: EditSpec, request: EditRequest) -> int:
     return int(request.component)
 
 
+class _PerGenerator:
+    """Directions computed from a generator's weights (SeFa, GANSpace PCA), remembered per generator object while
+    its parameters are unchanged (same storage, no in-place update since), so the weights are hashed once and
+    not on every edit. Entries go with their generator (weak keys)."""
+
+    def __init__(self) -> None:
+        self._memo: "weakref.WeakKeyDictionary[torch.nn.Module, dict[Any, tuple[tuple, Any]]]" = \
+            weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _version(generator: torch.nn.Module) -> tuple:
+        return tuple((p.data_ptr(), p._version) for p in generator.parameters())
+
+    def get(self, generator: torch.nn.Module, key: Any, compute: Callable[[], Any]) -> Any:
+        version = self._version(generator)
+        with self._lock:
+            found = self._memo.get(generator, {}).get(key)
+        if found is not None and found[0] == version:
+            return found[1]
+        value = compute()
+        with self._lock:
+            self._memo.setdefault(generator, {})[key] = (version, value)
+        return value
+
+
+_DIRECTIONS = _PerGenerator()
+
+
 def _pca_for(spec: EditSpec, generator: torch.nn.Module, generator_kind: Optional[str],
              cache_dir: Optional[Path]) -> PCA:
     if spec.file is not None:
         return load_pca(data_file(spec.file))
     if generator_kind == FFHQ:
         return load_pca(data_file(FFHQ_PCA_FILE))
-    return generator_pca(generator, cache_dir=cache_dir)
+    return _DIRECTIONS.get(generator, ("pca", str(cache_dir)),
+                           lambda: generator_pca(generator, cache_dir=cache_dir))
 
 
 def edit_delta(codes: torch.Tensor, request: EditRequest, *, generator: torch.nn.Module,
@@ -66,7 +98,8 @@ def edit_delta(codes: torch.Tensor, request: EditRequest, *, generator: torch.nn
     if spec.kind == "ganspace":
         pca = _pca_for(spec, generator, generator_kind, cache_dir)
         return component_delta(codes, pca, component, strength, layers=layers, mode=spec.mode)  # type: ignore[arg-type]
-    dirs = cached_sefa_directions(generator.state_dict(), layers=layers, cache_dir=cache_dir)
+    dirs = _DIRECTIONS.get(generator, ("sefa", layers, str(cache_dir)),
+                           lambda: cached_sefa_directions(generator.state_dict(), layers=layers, cache_dir=cache_dir))
     if not 0 <= component < dirs.vectors.shape[0]:
         raise EditError(f"SeFa component must be in 0..{dirs.vectors.shape[0] - 1}, got {component}")
     return direction_delta(codes, dirs.vectors[component], strength, layers=dirs.layers)
@@ -107,19 +140,16 @@ def apply_edits(inversion: Inversion, edits: Sequence[EditRequest], *, generator
 
 
 @torch.no_grad()
-def render_edits(inversion: Inversion, edits: Sequence[EditRequest], strengths: Optional[Sequence[float]] = None,
-                 *, base_generator: torch.nn.Module, batch_size: int = 8, generator_kind: Optional[str] = None,
-                 cache_dir: Optional[Path] = None) -> torch.Tensor:
-    """Images (S, 3, H, W) of the edited codes (S = len(strengths), or 1), not clamped (nominally [-1, 1]).
+def render_codes(inversion: Inversion, codes: torch.Tensor, *, base_generator: torch.nn.Module,
+                 batch_size: int = 8) -> torch.Tensor:
+    """Images (S, 3, H, W) of ``codes`` (S, n_latent, dim), not clamped (nominally [-1, 1]).
 
     Synthesis uses ``inversion.generator`` when the method tuned one (PTI), else ``base_generator``, and the
-    inversion's optimized ``noise`` when it has some (else the generator's stored noise buffers). The strip
-    is synthesized in batches of ``batch_size`` codes. Codes and noise move to the generator's device.
+    inversion's optimized ``noise`` when it has some (else the generator's stored noise buffers), in batches of
+    ``batch_size`` codes. Codes and noise move to the generator's device.
     """
     if batch_size < 1:
         raise EditError(f"batch_size must be >= 1, got {batch_size}")
-    codes = apply_edits(inversion, edits, generator=base_generator, generator_kind=generator_kind,
-                        strengths=strengths, cache_dir=cache_dir)
     synth = inversion.generator if inversion.generator is not None else base_generator
     ref = next(iter(synth.parameters()))
     codes = codes.to(device=ref.device, dtype=ref.dtype)
@@ -127,3 +157,16 @@ def render_edits(inversion: Inversion, edits: Sequence[EditRequest], strengths: 
     if inversion.noise is not None:
         noise = [n.to(device=ref.device, dtype=ref.dtype) for n in inversion.noise]
     return torch.cat([synth.synthesis(chunk, noise=noise) for chunk in codes.split(batch_size)])
+
+
+@torch.no_grad()
+def render_edits(inversion: Inversion, edits: Sequence[EditRequest], strengths: Optional[Sequence[float]] = None,
+                 *, base_generator: torch.nn.Module, batch_size: int = 8, generator_kind: Optional[str] = None,
+                 cache_dir: Optional[Path] = None) -> torch.Tensor:
+    """Images (S, 3, H, W) of the edited codes (S = len(strengths), or 1): :func:`apply_edits` then
+    :func:`render_codes` (use those two to keep the codes as well)."""
+    if batch_size < 1:
+        raise EditError(f"batch_size must be >= 1, got {batch_size}")
+    codes = apply_edits(inversion, edits, generator=base_generator, generator_kind=generator_kind,
+                        strengths=strengths, cache_dir=cache_dir)
+    return render_codes(inversion, codes, base_generator=base_generator, batch_size=batch_size)

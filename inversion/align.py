@@ -26,6 +26,8 @@ from typing import Any, Optional, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from inversion import hog_pyramid
+
 PREDICTOR_FILENAME = "shape_predictor_68_face_landmarks.dat"
 PREDICTOR_ENV = "STYLEGAN_EDIT_DLIB_PREDICTOR"
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -96,6 +98,9 @@ class AlignedFace:
 def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open a photo as 8-bit RGB, upright (EXIF orientation applied), first frame only.
 
+    Reads what Pillow reads (JPEG, PNG, WebP, AVIF with Pillow >= 11.3, TIFF, ...) and HEIC/HEIF through the
+    ``pillow-heif`` plugin (registered on first use).
+
     Accepts a path, raw bytes or a PIL image.  Transparent images are composited on white; 16-bit and
     float images are scaled to 8 bits.  Raises :class:`InvalidImageError` for anything unreadable,
     truncated, unsupported or larger than ``max_pixels``.
@@ -123,6 +128,8 @@ def _open(source: Union[str, Path, bytes, bytearray], max_pixels: int) -> Image.
     fp: Any = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray)) else Path(source)
     if isinstance(fp, Path) and not fp.is_file():
         raise InvalidImageError(f"No image file at {fp}.")
+    if _brand(_head(source)) in _HEIF_BRANDS:
+        register_heif()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -142,21 +149,52 @@ def _open(source: Union[str, Path, bytes, bytearray], max_pixels: int) -> Image.
 
 
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+
+
+def _brand(head: bytes) -> Optional[bytes]:
+    """The major brand of an ISO base media file (HEIF, AVIF...) from its first bytes, else None."""
+    return head[8:12] if head[4:8] == b"ftyp" else None
+
+
+@functools.lru_cache(maxsize=1)
+def register_heif() -> bool:
+    """Let Pillow open HEIC/HEIF files (the ``pillow-heif`` plugin); False when that package is missing.
+
+    The plugin applies the file's rotation itself and resets the EXIF orientation to 1, so
+    :func:`load_image`'s EXIF transpose does not rotate twice.
+    """
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+def _head(source: Union[str, Path, bytes, bytearray]) -> bytes:
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source[:16])
+    with open(source, "rb") as f:
+        return f.read(16)
 
 
 def _unsupported_message(source: Union[str, Path, bytes, bytearray]) -> str:
-    """Why Pillow could not identify the file, in plain words (empty file, HEIC, anything else)."""
-    if isinstance(source, (bytes, bytearray)):
-        head = bytes(source[:16])
-    else:
-        with open(source, "rb") as f:
-            head = f.read(16)
+    """Why Pillow could not identify the file, in plain words (empty file, HEIC, AVIF, anything else)."""
+    head = _head(source)
     if not head:
         return "The file is empty (0 bytes), so it is not an image."
-    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
-        return ("HEIC/HEIF photos (the iPhone camera's default) are not supported here: please convert the photo "
-                "to JPEG or PNG first.")
-    return "The file is not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF...)."
+    brand = _brand(head)
+    if brand in _HEIF_BRANDS:
+        if not register_heif():
+            return ("HEIC/HEIF photos (the iPhone camera's default) need the pillow-heif package on the server, "
+                    "which is missing: please convert the photo to JPEG or PNG first.")
+        return ("This HEIC/HEIF file could not be read: it may be damaged or use a feature not supported here. "
+                "Please convert the photo to JPEG or PNG first.")
+    if brand in _AVIF_BRANDS:
+        return ("This AVIF file could not be read (damaged, or this server's Pillow has no AVIF support): please "
+                "convert the photo to JPEG or PNG first.")
+    return "The file is not an image in a supported format (JPEG, PNG, WebP, HEIC, AVIF, GIF, BMP, TIFF...)."
 
 
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:
@@ -260,6 +298,14 @@ def _detector() -> tuple[Any, threading.Lock]:
     return _import_dlib().get_frontal_face_detector(), threading.Lock()
 
 
+@functools.lru_cache(maxsize=1)
+def _single_level_detector() -> tuple[Any, threading.Lock]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        return hog_pyramid.single_level_detector(str(Path(folder) / "frontal_single_level.svm")), threading.Lock()
+
+
 @functools.lru_cache(maxsize=4)
 def _predictor(path: str) -> tuple[Any, threading.Lock]:
     return _import_dlib().shape_predictor(path), threading.Lock()
@@ -275,31 +321,47 @@ def detect_faces(
 ) -> list[Face]:
     """Every face dlib's HOG detector finds, best score first, each with 68 landmarks.
 
-    The detector runs with ``upsample`` pyramid-up steps (the reference uses 1) on the image, or, when its
-    longest side exceeds ``max_side``, on a downscaled copy whose boxes are scaled back; landmarks are then
-    predicted at full resolution inside the scaled box.  ``max_side=None`` always uses full resolution.
+    The detector runs with ``upsample`` pyramid-up steps (the reference uses 1) on the image.  When its longest
+    side exceeds ``max_side``, faces are first located on a downscaled copy, then each box is found again at
+    full resolution on a small, pyramid-aligned patch around it (:mod:`inversion.hog_pyramid`), which gives
+    the box a whole-image full-resolution detection gives; landmarks are predicted at full resolution.
+    ``max_side=None`` always scans the whole image at full resolution (slow on large photos).
     """
     dlib = _import_dlib()
     rgb = to_rgb(image)
-    scale = 1.0
-    small = rgb
-    if max_side is not None and max(rgb.size) > max_side:
+    detector, det_lock = _detector()
+    found: list[tuple[tuple[int, int, int, int], float, int]] = []
+    if max_side is None or max(rgb.size) <= max_side:
+        with det_lock:
+            rects, scores, subs = detector.run(np.ascontiguousarray(np.asarray(rgb)), upsample, 0.0)
+        found = [((r.left(), r.top(), r.right(), r.bottom()), float(s), int(k)) for r, s, k in zip(rects, scores, subs)]
+    else:
         scale = max(rgb.size) / max_side
         size = (max(1, round(rgb.width / scale)), max(1, round(rgb.height / scale)))
         small = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
         sx, sy = rgb.width / size[0], rgb.height / size[1]
-    detector, det_lock = _detector()
-    with det_lock:
-        rects, scores, subs = detector.run(np.ascontiguousarray(np.asarray(small)), upsample, 0.0)
+        with det_lock:
+            rects, scores, subs = detector.run(np.ascontiguousarray(np.asarray(small)), upsample, 0.0)
+        del small
+        for rect, score, sub in zip(rects, scores, subs):
+            box = (round(rect.left() * sx), round(rect.top() * sy), round((rect.right() + 1) * sx) - 1,
+                   round((rect.bottom() + 1) * sy) - 1)
+            hit = None
+            if upsample == 1:
+                single, single_lock = _single_level_detector()
+                with single_lock:
+                    hit = hog_pyramid.refine_box(rgb, single, box)
+            if hit is not None:
+                found.append((hit.box, hit.score, hit.subdetector))
+            else:  # not found again at full resolution (or another upsampling): keep the scaled box
+                found.append((box, float(score), int(sub)))
+        found = list({f[0]: f for f in sorted(found, key=lambda f: f[1])}.values())  # one entry per box
     predictor, pred_lock = _predictor(str(predictor_file(predictor_path)))
     faces = []
-    for rect, score, sub in zip(rects, scores, subs):
-        box = (rect.left(), rect.top(), rect.right(), rect.bottom())
-        if small is not rgb:
-            box = (round(box[0] * sx), round(box[1] * sy), round((box[2] + 1) * sx) - 1, round((box[3] + 1) * sy) - 1)
+    for box, score, sub in found:
         with pred_lock:
             points = _predict(predictor, dlib, rgb, box)
-        faces.append(Face(bbox=tuple(float(v) for v in box), score=float(score), landmarks=points, subdetector=int(sub)))
+        faces.append(Face(bbox=tuple(float(v) for v in box), score=score, landmarks=points, subdetector=sub))
     faces.sort(key=lambda f: -f.score)
     return faces
 
@@ -501,27 +563,32 @@ def paste_back(
     crop edge to 1.  Only the quad's bounding box is touched.  Returns a new RGB image.
     """
     base = to_rgb(original).copy()
-    edit = to_rgb(aligned_edit)
-    corners = aligned.quad + 0.5  # Pillow's continuous coordinates
-    tl, bl, tr = corners[0], corners[1], corners[3]
-    m_inv = np.linalg.inv(np.column_stack([tr - tl, bl - tl]))  # photo offset -> (u, v) in [0, 1]^2
-    x0, y0, x1, y1 = _box(corners)
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, base.width), min(y1, base.height)
-    if x1 <= x0 or y1 <= y0:
+    box = quad_region(aligned.quad, base.size)
+    if box is None:
         return base
-    region = (x1 - x0, y1 - y0)
-
-    def affine_for(w: int, h: int) -> tuple[float, ...]:
-        a = np.diag([w, h]).astype(np.float64) @ m_inv
-        c = a @ (np.array([x0, y0], dtype=np.float64) - tl)
-        return (a[0, 0], a[0, 1], c[0], a[1, 0], a[1, 1], c[1])
-
-    warped = edit.transform(region, Image.Transform.AFFINE, affine_for(*edit.size), Image.Resampling.BILINEAR)
-    mask = _feather_mask(edit.size, feather)
-    warped_mask = mask.transform(region, Image.Transform.AFFINE, affine_for(*mask.size), Image.Resampling.BILINEAR)
-    box = (x0, y0, x1, y1)
+    warped = warp_to_photo(to_rgb(aligned_edit), aligned.quad, box)
+    warped_mask = warp_to_photo(_feather_mask(aligned_edit.size, feather), aligned.quad, box)
     base.paste(Image.composite(warped, base.crop(box), warped_mask), box)
     return base
+
+
+def quad_region(quad: np.ndarray, size: tuple[int, int]) -> Optional[tuple[int, int, int, int]]:
+    """The photo pixels (x0, y0, x1, y1; exclusive ends) an aligned crop covers, clipped; None when outside."""
+    x0, y0, x1, y1 = _box(np.asarray(quad) + 0.5)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, size[0]), min(y1, size[1])
+    return None if x1 <= x0 or y1 <= y0 else (x0, y0, x1, y1)
+
+
+def warp_to_photo(crop: Image.Image, quad: np.ndarray, box: tuple[int, int, int, int]) -> Image.Image:
+    """An aligned crop (any size, any mode) warped into photo region ``box`` (bilinear; 0 outside the quad)."""
+    corners = np.asarray(quad, dtype=np.float64) + 0.5  # Pillow's continuous coordinates
+    tl, bl, tr = corners[0], corners[1], corners[3]
+    m_inv = np.linalg.inv(np.column_stack([tr - tl, bl - tl]))  # photo offset -> (u, v) in [0, 1]^2
+    a = np.diag([crop.width, crop.height]).astype(np.float64) @ m_inv
+    c = a @ (np.array(box[:2], dtype=np.float64) - tl)
+    region = (box[2] - box[0], box[3] - box[1])
+    return crop.transform(region, Image.Transform.AFFINE, (a[0, 0], a[0, 1], c[0], a[1, 0], a[1, 1], c[1]),
+                          Image.Resampling.BILINEAR)
 
 
 def _feather_mask(size: tuple[int, int], feather: float) -> Image.Image:

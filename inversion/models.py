@@ -13,13 +13,16 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
 from inversion import checkpoints
 from inversion.checkpoints import CheckpointError, CheckpointMissingError
 from inversion.stylegan2 import Generator, generator_from_state_dict, load_generator
+
+if TYPE_CHECKING:  # pragma: no cover
+    from inversion.pieces import Piece
 
 DATA = Path(__file__).resolve().parent / "data"
 Locator = Callable[[str], Path]
@@ -43,6 +46,21 @@ FAMILIES: dict[str, Family] = {
     "builtin": Family("builtin", "Built-in small faces 128 (offline)", 128,
                       ("builtin_g128",), {"psp": "builtin_psp128", "e4e": "builtin_e4e128"}, "builtin"),
 }
+
+
+def choose_device(choice: str = "auto") -> torch.device:
+    """The device the app and the CLI run on: the one place they choose it. ``"auto"``: CUDA when present, else
+    the CPU (:func:`inversion.device.default_device`); ``"cpu"`` / ``"cuda"`` as asked (ValueError when CUDA is
+    asked for but absent)."""
+    from inversion.device import default_device
+
+    if choice == "auto":
+        return default_device()
+    if choice not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {choice!r}; choose auto, cpu or cuda")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
+    return torch.device(choice)
 
 
 def bundled_path(name: str) -> Path:
@@ -93,6 +111,14 @@ class ModelSet:
                 with self._guard:
                     self._cache[key] = value
         return self._cache[key]
+
+    def load_piece(self, piece: "Piece") -> Any:
+        """A model piece (:mod:`inversion.pieces`), loaded once; cached under ``piece.key``."""
+        from inversion.pieces import BASE_PIECES
+
+        if piece.key in BASE_PIECES:  # the base loaders below cache themselves
+            return piece.load(self)
+        return self._cached(piece.key, lambda: piece.load(self))
 
     def loaded(self) -> list[str]:
         """Names of the models already in memory."""

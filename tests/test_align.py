@@ -389,3 +389,38 @@ def test_import_loads_no_models():
     code = "import sys, inversion.align; print('dlib' in sys.modules, 'scipy.ndimage' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+# ------------------------------------------------------------------------------------------- HEIC / AVIF
+def _heif_bytes(image: Image.Image, fmt: str, orientation: int | None = None) -> bytes:
+    align.register_heif()
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    buf = io.BytesIO()
+    image.save(buf, fmt, quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt,brand", [("HEIF", b"heic"), ("AVIF", b"avif")])
+def test_heic_and_avif_photos_are_read_upright(fmt, brand):
+    upright = grace_hopper()
+    plain = _heif_bytes(upright, fmt)
+    assert plain[4:12] == b"ftyp" + brand  # a real HEIC / AVIF file
+    loaded = load_image(plain)
+    # Lossy codecs at quality 95: measured mean abs diff 0.5 (HEIC) / 0.9 (AVIF) against the JPEG decode.
+    assert loaded.size == (512, 600) and np.abs(np.asarray(loaded, np.int16) - np.asarray(upright)).mean() < 2.0
+    # Stored turned on its side with EXIF orientation 6 ("rotate 90 clockwise to view"), as phones do.
+    rotated = load_image(_heif_bytes(upright.transpose(Image.Transpose.ROTATE_90), fmt, orientation=6))
+    assert rotated.size == (512, 600) and np.abs(np.asarray(rotated, np.int16) - np.asarray(upright)).mean() < 2.0
+    out, ref = align_face(rotated, 256), align_face(upright, 256)
+    assert quad_error(out.quad, ref.quad, ref.qsize) < QUAD_REL_TOL
+
+
+def test_heic_file_on_disk_and_damaged_heic(tmp_path):
+    path = tmp_path / "IMG_0001.HEIC"
+    path.write_bytes(_heif_bytes(grace_hopper(), "HEIF"))
+    assert load_image(path).size == (512, 600)
+    data = path.read_bytes()
+    with pytest.raises(InvalidImageError, match="HEIC/HEIF file could not be read.*convert the photo to JPEG"):
+        load_image(data[:40] + b"\x00" * 500)

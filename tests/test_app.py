@@ -185,3 +185,29 @@ def test_status_endpoint(server):
     assert info["family"] == info["default_family"] == "tiny" and info["families"] == ["tiny", "broken"]
     assert all(m["ready"] for m in info["methods"].values())
     assert "methods ready" in info["text"] and info["banner"] == ""
+
+
+def test_all_faces_from_a_heic_group_photo(server, tmp_path):
+    """All-faces mode through the API: a HEIC group photo -> /align -> /all_faces (invert, edit, paste back)."""
+    from inversion.align import load_image, register_heif
+    from test_group import group_photo
+
+    image, _ = group_photo()
+    assert register_heif()
+    path = tmp_path / "group.heic"
+    image.save(path, "HEIF", quality=95)
+    c = client(server)
+    c.predict(handle_file(str(path)), 0, api_name="/align")
+    pasted = np.asarray(_image(c.predict("tiny", ["e4e", "psp"], "fast", "fast", "fast", 0, "sefa", 3.0, 0, "e4e",
+                                         api_name="/all_faces")))
+    photo = np.asarray(load_image(path))
+    assert pasted.shape == photo.shape
+    changed = np.abs(pasted.astype(int) - photo).max(axis=2) > 0
+    from inversion import session as S
+
+    faces = S.open_photo(path).faces
+    assert len(faces) == 4
+    for face in faces:  # every face was edited and pasted back
+        l, t, r, b = (int(v) for v in face.bbox)
+        assert changed[t:b, l:r].mean() > 0.5
+    assert not changed[:, :30].any() and not changed[-30:].any()  # away from the faces: untouched

@@ -181,14 +181,23 @@ def test_only_bad_files_exit_1(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "fake.jpg").write_bytes(b"\x00\x01 not a jpeg")
     Image.new("RGB", (60, 40), (90, 100, 110)).save(tmp_path / "in" / "tiny.png")
-    rc, stdout, stderr = run([tmp_path / "in", tmp_path / "missing.jpg", "--out", tmp_path / "out"])
+    rc, stdout, stderr = run([tmp_path / "in", "--out", tmp_path / "out"])
     assert rc == 1
     lines = [l for l in stderr.splitlines() if l.startswith("skip ")]
-    assert len(lines) == 3 and "missing.jpg: no such file or folder" in lines[0]
-    assert "only 60x40 pixels" in stderr
+    assert len(lines) == 2 and "only 60x40 pixels" in stderr
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["counts"]["skipped"] == 2
-    rc, _, stderr = run([tmp_path / "empty_dir_that_is_not_there", "--out", tmp_path / "out"])
+    (tmp_path / "empty").mkdir()
+    rc, _, stderr = run([tmp_path / "empty", "--out", tmp_path / "out"])
     assert rc == 1 and "nothing to do" in stderr
+
+
+def test_missing_input_is_a_bad_argument(tmp_path):
+    """A mistyped file or folder: exit 2 (as documented for bad arguments), one error line, nothing run or written."""
+    for missing in ("missing.jpg", "folder_that_is_not_there"):
+        rc, stdout, stderr = run([HOPPER, tmp_path / missing, "--out", tmp_path / "out"])
+        errors = [l for l in stderr.splitlines() if "error:" in l]
+        assert rc == 2 and len(errors) == 1 and f"{missing}: no such file or folder" in errors[0]
+        assert not (tmp_path / "out").exists()
 
 
 def test_missing_weights_one_line_and_exit_1(tmp_path):
@@ -276,8 +285,11 @@ def test_stop_keeps_finished_photos_and_resumes(tmp_path):
     rc, stdout, stderr = run(argv)
     assert rc == 0 and "astronaut.png: already done" in stderr and "done " in stdout
     assert (out / "grace_hopper" / "metrics.json").is_file()
-    # other settings: redone, not skipped
+    # other settings: the earlier results are kept (nothing runs) unless --overwrite says to replace them
     rc, _, stderr = run([*argv, "--seed", "1"])
+    assert rc == 2 and "with other settings (seed 0, now 1)" in stderr
+    assert json.loads((out / "astronaut" / "metrics.json").read_text())["settings"]["seed"] == 0
+    rc, _, stderr = run([*argv, "--seed", "1", "--overwrite"])
     assert rc == 0 and "already done" not in stderr
     assert json.loads((out / "astronaut" / "metrics.json").read_text())["settings"]["seed"] == 1
 

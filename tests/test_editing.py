@@ -360,3 +360,26 @@ def test_render_uses_the_inversion_generator_and_noise(small_g, inversion, tmp_p
     with torch.no_grad():
         assert torch.equal(img_noisy, small_g.synthesis(codes, noise=noise))
     assert float((img_noisy - img_base).abs().max()) > 1e-2
+
+
+def test_generator_directions_are_hashed_once_per_generator(small_g, inversion, tmp_path, monkeypatch) -> None:
+    """SeFa reads the weights' hash once per generator, not on every edit; a change to the weights is seen."""
+    import editing.sefa as sefa_module
+    from editing import render_codes
+
+    calls = []
+    real = sefa_module.tensors_hash
+    monkeypatch.setattr(sefa_module, "tensors_hash", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    g = copy.deepcopy(small_g)
+    request = [EditRequest("sefa", component=0, layers=(0, 4))]
+    first = apply_edits(inversion, request, generator=g, strengths=[1.0, 2.0], cache_dir=tmp_path)
+    again = apply_edits(inversion, request, generator=g, strengths=[1.0, 2.0], cache_dir=tmp_path)
+    assert torch.equal(first, again) and len(calls) == 1
+    images = render_codes(inversion, first, base_generator=g)
+    assert torch.equal(images, render_edits(inversion, request, [1.0, 2.0], base_generator=g, cache_dir=tmp_path))
+    assert len(calls) == 1
+    with torch.no_grad():  # tuned weights: the directions follow
+        weight = dict(g.named_parameters())["conv1.conv.modulation.weight"]
+        weight.add_(_randn(*weight.shape, seed=5))
+    changed = apply_edits(inversion, request, generator=g, strengths=[1.0, 2.0], cache_dir=tmp_path)
+    assert len(calls) == 2 and not torch.equal(changed, first)

@@ -1,0 +1,77 @@
+"""The per-image optimization methods: W (one code for every layer) and W+ (a code per layer), and the run-time
+pieces they share with PTI (LPIPS when present, the e4e start, the recipe record)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+from inversion.checkpoints import CheckpointError
+from inversion.methods.base import Method, RunRequest
+from inversion.methods.presets import APP_PRESETS, PRESETS
+from inversion.result import Inversion
+
+MSE_ONLY_NOTE = "the LPIPS network is not available, so this method optimized on MSE alone (no perceptual loss)"
+"""Said to the visitor and written into metrics.json / metrics.csv when LPIPS is missing."""
+
+
+def lpips_or_none(request: RunRequest) -> Optional[Any]:
+    """The LPIPS network when its weights are present, else ``None`` (the methods then use MSE alone)."""
+    try:
+        return request.models.lpips()
+    except (CheckpointError, OSError):
+        return None
+
+
+def library_preset(module: Any, preset: str) -> dict[str, Any]:
+    """The library preset's values (``module.PRESETS[preset]``) as a plain dict, for the recipe record."""
+    value = getattr(module, "PRESETS", {}).get(preset)
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def app_options(key: str, preset: str) -> dict[str, Any]:
+    """A copy of :data:`~inversion.methods.presets.APP_PRESETS` for (method, preset), read now."""
+    return dict(APP_PRESETS.get((key, preset), {}))
+
+
+def run_info(recipe: dict[str, Any], *, start: str, lpips: Optional[Any]) -> dict[str, Any]:
+    """The ``info`` entries every optimizing method adds: its start, whether LPIPS was used, its recipe."""
+    info: dict[str, Any] = {"start": start, "lpips_used": lpips is not None, "recipe": dict(recipe, start=start)}
+    if lpips is None:
+        info["warning"] = MSE_ONLY_NOTE
+    return info
+
+
+def run_optimization(space: str):
+    """The run function of W (``space="w"``) or W+ (``"w+"``) optimization."""
+    def run(request: RunRequest) -> Inversion:
+        from inversion import optimize
+
+        models, image = request.models, request.image
+        options = app_options(space, request.preset)
+        wants_e4e = options.pop("start", None) == "e4e"
+        e4e = request.starts.try_codes(models, "e4e", image) if wants_e4e else None
+        lpips = lpips_or_none(request)
+        result = optimize.optimize_latent(
+            models.generator(), image, space=space, preset=request.preset, lpips=lpips, seed=request.seed,
+            init=e4e if e4e is not None else models.latent_avg(), callback=request.callback,
+            cancel=request.cancel, autocast=request.autocast, **options)
+        recipe = {"function": "inversion.optimize.optimize_latent", "space": space,
+                  "library_preset": library_preset(optimize, request.preset), "options": options}
+        info = run_info(recipe, start="e4e" if e4e is not None else "mean", lpips=lpips)
+        return dataclasses.replace(result, info={**result.info, **info})
+    return run
+
+
+W = Method(
+    "w", "W optimization",
+    "Optimizes one 512-d code shared by all layers (MSE + LPIPS): good editability, limited fidelity.",
+    run_optimization("w"), needs=("generator",), optional=("lpips", "encoder:e4e"), presets=PRESETS, order=30,
+    how="optimizes one code for all layers (MSE + LPIPS)")
+
+W_PLUS = Method(
+    "w+", "W+ optimization",
+    "Optimizes every layer's code separately: very close reconstruction, edits drift more.",
+    run_optimization("w+"), needs=("generator",), optional=("lpips", "encoder:e4e"), presets=PRESETS, order=40,
+    how="optimizes a code per layer")
