@@ -80,6 +80,11 @@ class PTIRecipe:
     lpips_weight: float = 1.0
     name: str = ""
 
+    @property
+    def pivot_steps(self) -> int:
+        """Steps of the W pivot optimization (used when no pivot is given)."""
+        return self.pivot_recipe.steps
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["pivot_recipe"] = self.pivot_recipe.to_dict()
