@@ -254,7 +254,9 @@ def _ctx(args):
     from bench import common
 
     dev = torch.device(args.device)
-    torch.backends.cudnn.benchmark = True
+    from inversion.device import configure_backends
+
+    configure_backends(dev)  # the flags app and CLI use, for the references as for ours
     return common.Context(dev, quick=args.quick, deadline_s=args.budget, warmup=args.warmup, repeats=args.repeats,
                           call_budget=args.call_budget, log=lambda m: print(m, flush=True))
 

@@ -104,7 +104,9 @@ class Runner:
 
     # ------------------------------------------------------------------------------------ set-up
     def setup(self) -> None:
-        torch.backends.cudnn.benchmark = True
+        from inversion.device import configure_backends
+
+        configure_backends(self.device)  # the flags app and CLI use (cuDNN benchmark off, workspace cap, TF32)
         if self.device.type == "cpu" and self.args.threads:
             torch.set_num_threads(self.args.threads)
         self.res["meta"].update({

@@ -19,20 +19,11 @@ drawn with truncation 0.5 from the original mapping, moved to distance ``localit
 pivot along the pivot->w direction (norm over the whole W+ code), and ``0.1 * MSE + 0.1 * LPIPS`` between
 the tuned and the original generator's images there is added (averaged over the samples).
 
-Presets (PTI's paper settings are ``quality``; the others cut steps, keep the rates):
-
-=========  ===========  ==========  =========  ========  ===============
-preset     pivot_steps  pivot_lr    tune_steps tune_lr   lpips_threshold
-=========  ===========  ==========  =========  ========  ===============
-fast          100        0.01         100       3e-4      0.06
-balanced      250        0.01         200       3e-4      0.06
-quality       450        0.01         350       3e-4      0.06
-=========  ===========  ==========  =========  ========  ===============
-
-Cost at 1024 px on CPU (``python -m bench.optimize_cpu --threads 1``, shared 2-core machine): a pivot
-step costs about a W+ step (~7.6 s of CPU), a tuning step ~9.4 s, so without early stops ``fast`` is
-~28 min of one core, ``balanced`` ~63 min, ``quality`` ~1.9 h; the LPIPS threshold may end stage 2
-sooner (not measured here: it needs the real VGG/AlexNet weights).
+Presets are the named recipes of :mod:`inversion.recipes` (``RECIPES[("pti", name)]``, the same the app
+runs; ``recipe=`` takes any :class:`PTIRecipe`, e.g. ``PTI_PAPER``: 450 pivot + 350 tuning steps). The tuning
+step runs like the W/W+ step (:mod:`inversion.stepper`): one CUDA graph on CUDA (``compile``), losses kept on
+the device and read every ``check_every`` steps; the LPIPS threshold is tested on the device before each
+update and freezes the weights at the step it fires (the same result as stopping there).
 
 One ``lpips`` module serves both stages (PTI uses NVIDIA's VGG16 feature distance for the pivot and
 AlexNet LPIPS for tuning).
@@ -45,38 +36,24 @@ steps (no early stop, as in PTI), stage 2 continues the count and may end early 
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
-from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
 from inversion.lpips import LPIPS, downsample_256
 from inversion.optimize import ReconstructionLoss, check_target, optimize_latent, w_statistics
+from inversion.recipes import PRESET_NAMES, RECIPES, PTIRecipe
 from inversion.result import Inversion, ProgressCallback, check_cancel
+from inversion.stepper import CapturedStep, adam, graph_default, run_steps
 from inversion.stylegan2 import Generator
 
-__all__ = ["PRESETS", "PTIPreset", "locality_codes", "pivotal_tuning"]
+__all__ = ["PRESETS", "PTIRecipe", "locality_codes", "pivotal_tuning"]
 
-
-@dataclass(frozen=True)
-class PTIPreset:
-    """Steps and learning rates of both stages, and the LPIPS early-stop threshold of stage 2."""
-
-    pivot_steps: int
-    pivot_lr: float
-    tune_steps: int
-    tune_lr: float
-    lpips_threshold: float
-
-
-PRESETS: dict[str, PTIPreset] = {
-    "fast": PTIPreset(pivot_steps=100, pivot_lr=0.01, tune_steps=100, tune_lr=3e-4, lpips_threshold=0.06),
-    "balanced": PTIPreset(pivot_steps=250, pivot_lr=0.01, tune_steps=200, tune_lr=3e-4, lpips_threshold=0.06),
-    "quality": PTIPreset(pivot_steps=450, pivot_lr=0.01, tune_steps=350, tune_lr=3e-4, lpips_threshold=0.06),
-}
-PIVOT_LATENT_NOISE = 0.05
+PRESETS: dict[str, PTIRecipe] = {name: RECIPES[("pti", name)] for name in PRESET_NAMES}
+"""The PTI recipes by preset name (the app's)."""
 LOCALITY_TRUNCATION = 0.5
 
 
@@ -114,52 +91,59 @@ def pivotal_tuning(
     lpips: Optional[LPIPS],
     pivot: Union[None, torch.Tensor, Inversion] = None,
     preset: str = "balanced",
+    recipe: Optional[PTIRecipe] = None,
     pivot_steps: Optional[int] = None,
     tune_steps: Optional[int] = None,
     pivot_lr: Optional[float] = None,
     tune_lr: Optional[float] = None,
     lpips_threshold: Optional[float] = None,
-    l2_weight: float = 1.0,
-    lpips_weight: float = 1.0,
+    l2_weight: Optional[float] = None,
+    lpips_weight: Optional[float] = None,
     locality: bool = False,
     locality_every: int = 1,
     locality_samples: int = 1,
     locality_alpha: float = 30.0,
     locality_weight: float = 0.1,
-    w_avg_samples: int = 10000,
+    w_avg_samples: Optional[int] = None,
     seed: int = 0,
     callback: Optional[ProgressCallback] = None,
     cancel: Optional[threading.Event] = None,
     autocast: bool = False,
+    compile: Optional[bool] = None,
+    check_every: int = 10,
 ) -> Inversion:
     """PTI of ``target`` ``(1, 3, S, S)`` in [-1, 1]; see the module docstring for the two stages.
 
     ``lpips`` is a loaded :class:`LPIPS` on the target's device, or ``None`` (MSE only; the LPIPS
-    threshold then never triggers; ``info["note"]`` says so). Arguments left ``None`` come from the
-    preset. ``lpips_threshold=0`` disables the early stop. ``cancel`` raises :class:`Cancelled` at the
-    next step of either stage; nothing is kept then.
+    threshold then never triggers; ``info["note"]`` says so). The recipe is ``recipe`` or the preset's;
+    arguments left ``None`` come from it. ``lpips_threshold=0`` disables the early stop. ``cancel`` raises
+    :class:`Cancelled` within ``check_every`` steps of either stage; nothing is kept then. ``locality``
+    runs eagerly (its random codes are drawn on the host each step).
 
     Returns ``Inversion(method="pti")`` with ``generator`` the tuned copy (eval mode, no gradients),
     ``w_plus`` the pivot ``(1, n_latent, D)``, ``image`` the tuned reconstruction, ``losses`` the stage-1
     totals followed by the stage-2 totals (``info["pivot_steps_run"]`` splits them) and ``info`` with
     the pivot's distortion with the shared generator (``pivot_mse``, ``pivot_lpips``; its image is
-    ``G.synthesis(w_plus)``) and the tuned one's (``mse``, ``lpips``); all ``info`` values are plain numbers.
+    ``G.synthesis(w_plus)``), the tuned one's (``mse``, ``lpips``) and ``recipe``.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {tuple(PRESETS)}")
+    if recipe is None:
+        if preset not in PRESET_NAMES:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {PRESET_NAMES}")
+        recipe = PRESETS[preset]
     if locality_every < 1 or locality_samples < 1:
         raise ValueError(f"locality_every and locality_samples must be >= 1, got {locality_every}, {locality_samples}")
     check_target(G, target)
-    p = PRESETS[preset]
-    pivot_steps = p.pivot_steps if pivot_steps is None else int(pivot_steps)
-    tune_steps = p.tune_steps if tune_steps is None else int(tune_steps)
-    threshold = p.lpips_threshold if lpips_threshold is None else float(lpips_threshold)
-    tune_lr = p.tune_lr if tune_lr is None else float(tune_lr)
+    pr = recipe.pivot_recipe.with_(**{k: v for k, v in (("steps", pivot_steps), ("lr", pivot_lr),
+                                                         ("w_avg_samples", w_avg_samples)) if v is not None})
+    recipe = recipe.with_(pivot_recipe=pr, **{k: v for k, v in (
+        ("tune_steps", tune_steps), ("tune_lr", tune_lr), ("lpips_threshold", lpips_threshold),
+        ("l2_weight", l2_weight), ("lpips_weight", lpips_weight)) if v is not None})
     started = time.perf_counter()
     ref = G.input.input
     device, dtype = ref.device, torch.promote_types(ref.dtype, torch.float32)
     target = target.detach().to(device=device, dtype=dtype)
-    total = (pivot_steps if pivot is None else 0) + tune_steps
+    total = (pr.steps if pivot is None else 0) + recipe.tune_steps
+    graph = graph_default(device, compile) and not locality
 
     # ---- stage 1: the pivot
     pivot_losses: tuple[float, ...] = ()
@@ -168,19 +152,16 @@ def pivotal_tuning(
             if callback is not None:
                 callback(step, total, {**metrics, "stage": 1.0, "stage_step": float(step)})
 
-        first = optimize_latent(
-            G, target, lpips=lpips, space="w", steps=pivot_steps,
-            lr=p.pivot_lr if pivot_lr is None else float(pivot_lr),
-            mse_weight=0.0 if lpips is not None else 1.0, lpips_weight=1.0,
-            latent_noise=PIVOT_LATENT_NOISE, w_avg_samples=w_avg_samples, seed=seed,
-            callback=stage1, cancel=cancel, early_stop=False, autocast=autocast)
+        first = optimize_latent(G, target, lpips=lpips, recipe=pr.with_(mse_weight=pr.mse_weight if lpips else 1.0),
+                                seed=seed, callback=stage1, cancel=cancel, autocast=autocast, compile=compile,
+                                check_every=check_every)
         pivot_losses, code = first.losses, first.w_plus
     else:
         code = _pivot_code(G, pivot, device, dtype)
-    offset = total - tune_steps
+    offset = total - recipe.tune_steps
 
     # ---- stage 2: tune a copy of G around the pivot
-    criterion = ReconstructionLoss(target, lpips=lpips, mse_weight=l2_weight, lpips_weight=lpips_weight)
+    criterion = ReconstructionLoss(target, lpips=lpips, mse_weight=recipe.l2_weight, lpips_weight=recipe.lpips_weight)
     with torch.no_grad():
         pivot_image = G.synthesis(code).to(dtype)
         _, pivot_terms = criterion(pivot_image)
@@ -189,47 +170,30 @@ def pivotal_tuning(
     params = [q for name, q in tuned.named_parameters() if not name.startswith("style.")]
     for q in params:
         q.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=tune_lr, betas=(0.9, 0.999))
-    rng = torch.Generator().manual_seed(seed + 1)
-    w_avg = w_statistics(G, w_avg_samples, generator=rng)[0] if locality else None
+    loc = None
+    if locality:
+        rng = torch.Generator().manual_seed(seed + 1)
+        w_avg = w_statistics(G, pr.w_avg_samples, generator=rng)[0]
+        loc = dict(rng=rng, w_avg=w_avg, every=locality_every, n=locality_samples, alpha=locality_alpha,
+                   weight=locality_weight)
+    tuner = _Tuner(G, tuned, params, code, criterion, recipe, lpips=lpips, autocast=autocast, locality=loc)
+    losses = tuner.run(graph=graph, offset=offset, total=total, callback=callback, cancel=cancel,
+                       every=max(1, int(check_every)))
+    hit_threshold = tuner.hit
 
-    losses: list[float] = []
-    grads: tuple[torch.Tensor, ...] = ()
-    loss = terms = None
-    hit_threshold = False
-    for step in range(tune_steps):
-        check_cancel(cancel)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss, terms = criterion(_synthesize(tuned, code, autocast=autocast))
-        if "lpips" in terms and float(terms["lpips"].detach()) <= threshold:
-            hit_threshold = True
-            break
-        metrics = {k: float(v.detach()) for k, v in terms.items()}
-        if locality and step % locality_every == 0:
-            ws = locality_codes(G, code, w_avg, n=locality_samples, alpha=locality_alpha, generator=rng)
-            reg = _locality_loss(G, tuned, ws, lpips, autocast=autocast)
-            loss = loss + locality_weight * reg
-            metrics["locality"] = float(reg.detach())
-        grads = torch.autograd.grad(loss, params)
-        for q, g in zip(params, grads):
-            q.grad = g
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        if callback is not None:
-            callback(offset + step + 1, total, {"loss": losses[-1], **metrics, "stage": 2.0,
-                                                 "stage_step": float(step + 1)})
-
-    # ---- release the optimizer state, gradients and the last graph; freeze the copy
-    del optimizer, grads, loss, terms
+    # ---- release the optimizer state, gradients and the graph; freeze the copy
+    del tuner
     tuned.zero_grad(set_to_none=True)
     tuned.requires_grad_(False)
     with torch.no_grad():
         image = _synthesize(tuned, code, autocast=autocast)
         _, terms = criterion(image)
     info = {
-        "preset": preset, "seed": seed, "pivot_given": pivot is not None,
-        "pivot_steps_run": len(pivot_losses), "tune_steps": tune_steps, "tune_steps_run": len(losses),
-        "hit_lpips_threshold": hit_threshold, "lpips_threshold": threshold, "locality": locality,
+        "preset": preset if recipe.name.endswith(preset) else recipe.name, "seed": seed,
+        "pivot_given": pivot is not None, "pivot_steps_run": len(pivot_losses), "tune_steps": recipe.tune_steps,
+        "tune_steps_run": len(losses), "hit_lpips_threshold": hit_threshold,
+        "lpips_threshold": recipe.lpips_threshold, "locality": locality, "recipe": recipe.to_dict(),
+        "compiled": graph,
         **{f"pivot_{k}": float(v) for k, v in pivot_terms.items()},
         **{k: float(v) for k, v in terms.items()},
     }
@@ -237,6 +201,100 @@ def pivotal_tuning(
         info["note"] = "no LPIPS network given: MSE only (the LPIPS threshold never stops the run)"
     return Inversion(method="pti", w_plus=code.detach(), image=image.detach(), generator=tuned,
                      seconds=time.perf_counter() - started, losses=pivot_losses + tuple(losses), info=info)
+
+
+class _Tuner:
+    """Stage 2's static tensors and step body (see :mod:`inversion.stepper`)."""
+
+    def __init__(self, G: Generator, tuned: Generator, params: list[torch.Tensor], code: torch.Tensor,
+                 criterion: ReconstructionLoss, recipe: PTIRecipe, *, lpips: Optional[LPIPS], autocast: bool,
+                 locality: Optional[dict[str, Any]]) -> None:
+        self.G, self.tuned, self.params, self.code, self.criterion = G, tuned, params, code, criterion
+        self.recipe, self.lpips, self.autocast, self.locality = recipe, lpips, autocast, locality
+        dev = code.device
+        f32 = dict(device=dev, dtype=torch.float32)
+        self.lr = torch.zeros((), **f32)
+        self.gate = torch.ones((), **f32)
+        self.optimizer = adam(params, self.lr)
+        n = recipe.tune_steps
+        self.i = torch.zeros(1, dtype=torch.long, device=dev)
+        self.host_i = 0
+        self.log = torch.zeros(max(n, 1), 4, **f32)  # total, mse, lpips, locality
+        self.done = torch.zeros(1, **f32)
+        self.stop_at = torch.full((1,), n, dtype=torch.long, device=dev)
+        self.use_threshold = lpips is not None and recipe.lpips_threshold > 0
+        self.hit = False
+
+    def body(self) -> None:
+        r, i = self.recipe, self.i
+        with torch.autocast(self.code.device.type, dtype=torch.bfloat16, enabled=self.autocast, cache_enabled=False):
+            loss, terms = self.criterion(_synthesize(self.tuned, self.code, autocast=self.autocast))
+        if self.use_threshold:  # PTI stops before the update once LPIPS <= threshold
+            newly = (terms["lpips"].detach().float() <= r.lpips_threshold) & (self.done == 0)
+            self.stop_at.copy_(torch.where(newly, i, self.stop_at))
+            self.done.copy_(torch.maximum(self.done, newly.to(self.done.dtype)))
+        self.lr.copy_((r.tune_lr * self.gate * (1.0 - self.done)).reshape(()))
+        reg = loss.new_zeros(())
+        loc = self.locality
+        if loc is not None and self.host_i % loc["every"] == 0:
+            ws = locality_codes(self.G, self.code, loc["w_avg"], n=loc["n"], alpha=loc["alpha"], generator=loc["rng"])
+            reg = _locality_loss(self.G, self.tuned, ws, self.lpips, autocast=self.autocast)
+            loss = loss + loc["weight"] * reg
+        zero = loss.new_zeros(())
+        row = torch.stack([loss, terms["mse"].to(loss.dtype), terms.get("lpips", zero).to(loss.dtype),
+                           reg.to(loss.dtype)]).detach().float()
+        self.log.index_copy_(0, i, row[None])
+        grads = torch.autograd.grad(loss, self.params)
+        for q, g in zip(self.params, grads):
+            q.grad = g if g.stride() == q.stride() else g.contiguous()  # fused Adam wants equal layouts
+        self.optimizer.step()
+        self.i.add_(1)
+        self.host_i += 1
+
+    def _reset(self) -> None:
+        with torch.no_grad():
+            for q, v in zip(self.params, self.saved):
+                q.copy_(v)
+            for state in self.optimizer.state.values():
+                for v in state.values():
+                    v.zero_()
+            self.i.zero_()
+            self.log.zero_()
+            self.done.zero_()
+            self.stop_at.fill_(self.recipe.tune_steps)
+
+    def run(self, *, graph: bool, offset: int, total: int, callback: Optional[ProgressCallback],
+            cancel: Optional[threading.Event], every: int) -> list[float]:
+        losses: list[float] = []
+        n = self.recipe.tune_steps
+        if n == 0:
+            return losses
+        self.saved = [q.detach().clone() for q in self.params] if graph else []
+        step = CapturedStep(self.body, graph=graph, gate=self.gate, reset=self._reset, warmup=2)
+        self.saved = []
+
+        def drain(a: int, b: int) -> bool:
+            packed = torch.cat([self.log[a:b].flatten(), self.done, self.stop_at.to(torch.float32)]).tolist()
+            done, stop_at = packed[-2] > 0, int(packed[-1])
+            last = min(b, stop_at) if done else b
+            for j in range(a, last):
+                row = packed[4 * (j - a):4 * (j - a) + 4]
+                losses.append(row[0])
+                if callback is not None:
+                    metrics = {"loss": row[0], "mse": row[1], "stage": 2.0, "stage_step": float(j + 1)}
+                    if self.lpips is not None:
+                        metrics["lpips"] = row[2]
+                    if self.locality is not None:
+                        metrics["locality"] = row[3]
+                    callback(offset + j + 1, total, metrics)
+                check_cancel(cancel)
+            self.hit = done
+            return done
+
+        run_steps(step, n, every=every, drain=drain, cancel=cancel)
+        step.release()
+        del self.optimizer
+        return losses
 
 
 def _synthesize(gen: Generator, ws: torch.Tensor, *, autocast: bool) -> torch.Tensor:

@@ -53,6 +53,21 @@ def upsample2x(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=c)
 
 
+def fold_blur(weight: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """The 4x4 FIR ``kernel`` folded into transposed-conv weights ``(..., k, k)`` -> ``(..., k + 3, k + 3)``.
+
+    ``blur(conv_transpose(x, w, stride=2), kernel, pad=1)`` equals ``conv_transpose(x, fold_blur(w, kernel),
+    stride=2, padding=2)`` (blur and transposed conv are both linear and shift-equivariant; the folded
+    kernel is the full 2-D convolution of ``w`` with the symmetric FIR). One tensor-core convolution instead
+    of a convolution plus a full-size depthwise pass.
+    """
+    lead, k = weight.shape[:-2], weight.shape[-1]
+    f = kernel.shape[-1]
+    w = weight.reshape(-1, 1, k, k)
+    out = F.conv2d(w, kernel.to(w.dtype)[None, None], padding=f - 1)  # symmetric kernel: correlation = convolution
+    return out.reshape(*lead, k + f - 1, k + f - 1)
+
+
 def bias_leaky_relu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``leaky_relu(x + bias, 0.2) * sqrt(2)`` with ``bias`` over dim 1."""
     shape = (1, -1) + (1,) * (x.dim() - 2)
@@ -75,6 +90,7 @@ def modulated_conv2d(
     gain: float = 1.0,
     bias: Optional[torch.Tensor] = None,
     grouped: Optional[bool] = None,
+    folded_blur: bool = False,
 ) -> torch.Tensor:
     """StyleGAN2 modulated convolution: ``gain * modconv(x) + bias``.
 
@@ -86,7 +102,8 @@ def modulated_conv2d(
     one grouped convolution (no full-size elementwise passes; used for one sample, and for batches on
     CUDA, where an H200 measured it faster than the other form). Otherwise the activations are scaled
     before and after one shared-weight convolution (no per-sample weights; used for CPU batches).
-    ``None`` picks as just described.
+    ``None`` picks as just described. ``folded_blur`` (grouped form, upsampling): the FIR folded into the
+    transposed-conv weights (:func:`fold_blur`), no separate blur pass.
     """
     acc = torch.promote_types(weight.dtype, torch.float32)  # styles/demodulation in >= float32
     n = x.shape[0]
@@ -94,7 +111,7 @@ def modulated_conv2d(
         grouped = n == 1 or x.is_cuda
     if grouped:
         return _modconv_folded(x, weight, styles, demodulate=demodulate, upsample=upsample,
-                               blur_kernel=blur_kernel, gain=gain, bias=bias, acc=acc)
+                               blur_kernel=blur_kernel, gain=gain, bias=bias, acc=acc, folded_blur=folded_blur)
 
     with torch.autocast(x.device.type, enabled=False):
         scale = torch.full((n, weight.shape[0]), gain, dtype=acc, device=x.device)
@@ -115,17 +132,28 @@ def modulated_conv2d(
 
 def _modconv_folded(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *, demodulate: bool,
                     upsample: bool, blur_kernel: Optional[torch.Tensor], gain: float,
-                    bias: Optional[torch.Tensor], acc: torch.dtype) -> torch.Tensor:
+                    bias: Optional[torch.Tensor], acc: torch.dtype, folded_blur: bool = False) -> torch.Tensor:
     """Per-sample weights (style, demodulation and gain folded in), one grouped convolution for the batch."""
     n, c_in, h, w_ = x.shape
     c_out, k = weight.shape[0], weight.shape[-1]
     with torch.autocast(x.device.type, enabled=False):
-        w = weight.to(acc)[None] * styles.to(acc)[:, None, :, None, None]  # (N, O, I, k, k)
+        s = styles.to(acc)[:, None, :, None, None]
+        w = weight.to(acc)[None] * s  # (N, O, I, k, k)
+        scale = torch.full((), gain, dtype=acc, device=x.device)
         if demodulate:
-            w = w * torch.rsqrt(w.square().sum(dim=(2, 3, 4)) + 1e-8)[:, :, None, None, None]
-        w = w * gain
+            scale = gain * torch.rsqrt(w.square().sum(dim=(2, 3, 4)) + 1e-8)[:, :, None, None, None]
+        if upsample and folded_blur:  # style and demodulation commute with the spatial fold
+            w = fold_blur(weight.to(acc), blur_kernel)[None] * s * scale
+        else:
+            w = w * scale
     if n > 1:
         x = x.reshape(1, n * c_in, h, w_)  # NCHW: samples become groups
+    if upsample and folded_blur:
+        kf = w.shape[-1]
+        b = None if bias is None else bias.to(x.dtype).repeat(n)
+        y = F.conv_transpose2d(x, w.transpose(1, 2).reshape(n * c_in, c_out, kf, kf).to(x.dtype), b, stride=2,
+                               padding=2, groups=n)
+        return y.reshape(n, c_out, *y.shape[-2:])
     if upsample:
         y = F.conv_transpose2d(x, w.transpose(1, 2).reshape(n * c_in, c_out, k, k).to(x.dtype), stride=2, groups=n)
         return blur(y.reshape(n, c_out, *y.shape[-2:]), blur_kernel, pad=1, bias=bias)
@@ -178,12 +206,13 @@ class ModulatedConv2d(nn.Module):
         self.upsample = upsample
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, *, gain: float = 1.0,
-                bias: Optional[torch.Tensor] = None, grouped: Optional[bool] = None) -> torch.Tensor:
+                bias: Optional[torch.Tensor] = None, grouped: Optional[bool] = None,
+                folded_blur: bool = False) -> torch.Tensor:
         styles = self.modulation(w)
         return modulated_conv2d(
             x, self.weight[0] * self.scale, styles, demodulate=self.demodulate,
             upsample=self.upsample, blur_kernel=self.blur.kernel if self.upsample else None,
-            gain=gain, bias=bias, grouped=grouped,
+            gain=gain, bias=bias, grouped=grouped, folded_blur=folded_blur,
         )
 
 
@@ -222,10 +251,10 @@ class StyledConv(nn.Module):
         self.activate = FusedBiasActivation(out_ch)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor, *,
-                grouped: Optional[bool] = None) -> torch.Tensor:
+                grouped: Optional[bool] = None, folded_blur: bool = False) -> torch.Tensor:
         # lrelu(z) * sqrt2 == lrelu(sqrt2 * z): the gain is folded into the conv, bias and noise strength,
         # so conv + bias is one op and only the noise add and the activation touch the full tensor.
-        y = self.conv(x, w, gain=SQRT2, bias=self.activate.bias * SQRT2, grouped=grouped)
+        y = self.conv(x, w, gain=SQRT2, bias=self.activate.bias * SQRT2, grouped=grouped, folded_blur=folded_blur)
         n = noise.to(y.dtype) * (self.noise.weight.to(y.dtype) * SQRT2)
         if _inplace_ok(y):
             return F.leaky_relu_(y.add_(n), 0.2)
@@ -323,6 +352,11 @@ class Generator(nn.Module):
             self.to_rgbs.append(ToRGB(out_ch, style_dim, blur_taps=blur_taps))
             in_ch = out_ch
         self.noises = NoiseBuffers([2 ** ((i + 5) // 2) for i in range(self.num_layers)])
+        self.fold_blur: Optional[bool] = None
+        """Upsampling FIR folded into the transposed-conv weights (:func:`fold_blur`) in the grouped form.
+        ``None`` (default) = off: measured SLOWER on an H200 (graphed W+ step at 1024, bf16: 15.5 ms folded vs
+        10.4 ms separate; fp32 17.7 vs 13.5 ms; ``bench/results/h200_speed_run2.json``): the 6x6 transposed
+        convolutions cost more than the depthwise blur they replace. True forces it (exact either way)."""
 
     # -- config ---------------------------------------------------------------
     def config(self) -> dict:
@@ -362,7 +396,8 @@ class Generator(nn.Module):
         return noise
 
     def synthesis(self, ws: torch.Tensor, noise: NoiseSpec = None, *,
-                  generator: Optional[torch.Generator] = None, mode: str = "auto") -> torch.Tensor:
+                  generator: Optional[torch.Generator] = None, mode: str = "auto",
+                  size: Optional[int] = None) -> torch.Tensor:
         """W+ codes (N, n_latent, style_dim) -> images (N, 3, size, size).
 
         ``noise``: None uses the stored ``noises.noise_i`` buffers (deterministic); ``"random"``
@@ -374,27 +409,38 @@ class Generator(nn.Module):
         (one folded pass per sample) or ``"auto"``: folded on CUDA and for one sample, per-sample for
         CPU batches (measured on a 2-core CPU at 1024, bf16, batch 5: 2.3 s per-sample vs 9.8 s scaled
         vs 23 s folded).
+
+        ``size`` (a power of two from 4 to ``self.size``; default the full size) stops at that resolution and
+        returns the skip branch's RGB there (N, 3, size, size): only the layers up to ``size`` run (the
+        coarse phase of a coarse-to-fine optimization). The W+ rows and noise maps of later layers are unused.
         """
         if ws.dim() != 3 or ws.shape[1] != self.n_latent or ws.shape[2] != self.style_dim:
             raise ValueError(f"ws must be (N, {self.n_latent}, {self.style_dim}), got {tuple(ws.shape)}")
         if mode not in ("auto", "folded", "scaled", "per_sample"):
             raise ValueError(f"unknown synthesis mode {mode!r}")
+        size = self.size if size is None else int(size)
+        if size < 4 or size > self.size or size & (size - 1):
+            raise ValueError(f"size must be a power of two from 4 to {self.size}, got {size}")
         n = ws.shape[0]
         noises = self.noise_list(noise, n, like=ws, generator=generator)
         if n > 1 and (mode == "per_sample" or (mode == "auto" and not ws.is_cuda)):
             return torch.cat([
-                self._synthesize(ws[i:i + 1], [m if m.shape[0] == 1 else m[i:i + 1] for m in noises], grouped=True)
+                self._synthesize(ws[i:i + 1], [m if m.shape[0] == 1 else m[i:i + 1] for m in noises], grouped=True,
+                                 size=size)
                 for i in range(n)])
-        return self._synthesize(ws, noises, grouped={"folded": True, "scaled": False}.get(mode))
+        return self._synthesize(ws, noises, grouped={"folded": True, "scaled": False}.get(mode), size=size)
 
-    def _synthesize(self, ws: torch.Tensor, noises: list[torch.Tensor], *, grouped: Optional[bool]) -> torch.Tensor:
+    def _synthesize(self, ws: torch.Tensor, noises: list[torch.Tensor], *, grouped: Optional[bool],
+                    size: int) -> torch.Tensor:
+        fold = bool(self.fold_blur)
+        blocks = int(math.log2(size)) - 2  # to_rgbs run up to `size` (0 blocks: the 4 px output)
         x = self.input(ws.shape[0])
         if ws.shape[0] == 1 or grouped is False:  # NHWC: faster convs; batched groups want NCHW
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.conv1(x, ws[:, 0], noises[0], grouped=grouped)
         skip = self.to_rgb1(x, ws[:, 1], grouped=grouped)
-        for k, to_rgb in enumerate(self.to_rgbs):
-            x = self.convs[2 * k](x, ws[:, 2 * k + 1], noises[2 * k + 1], grouped=grouped)
+        for k, to_rgb in enumerate(self.to_rgbs[:blocks]):
+            x = self.convs[2 * k](x, ws[:, 2 * k + 1], noises[2 * k + 1], grouped=grouped, folded_blur=fold)
             x = self.convs[2 * k + 1](x, ws[:, 2 * k + 2], noises[2 * k + 2], grouped=grouped)
             skip = to_rgb(x, ws[:, 2 * k + 3], skip, grouped=grouped)
         return skip.contiguous()

@@ -181,5 +181,8 @@ def test_locality_keeps_the_tuned_generator_closer_away_from_the_pivot(
 
 def test_presets_follow_the_paper() -> None:
     q = PRESETS["quality"]
-    assert (q.pivot_steps, q.pivot_lr, q.tune_steps, q.tune_lr, q.lpips_threshold) == (450, 0.01, 350, 3e-4, 0.06)
+    p = q.pivot_recipe
+    assert q.pivot == "w" and (p.steps, p.lr, p.latent_noise, p.space) == (450, 0.01, 0.05, "w")
+    assert (q.tune_steps, q.tune_lr, q.lpips_threshold) == (350, 3e-4, 0.06)
     assert PRESETS["fast"].tune_steps < PRESETS["balanced"].tune_steps < q.tune_steps
+    assert PRESETS["fast"].pivot == "e4e"  # the app's fast path: e4e codes as the pivot

@@ -235,3 +235,55 @@ def test_batch_consistency_and_autocast():
     assert (batch - single).abs().max() < 1e-5
     assert torch.isfinite(low).all()
     assert (low.float() - batch).abs().mean() < 0.05 * batch.abs().mean()
+
+
+@pytest.mark.parametrize("mode", ["folded", "per_sample"])
+def test_folded_blur_matches_the_golden_outputs(g256, outputs_256, mode):
+    """The FIR folded into the transposed-conv weights (the CUDA default) gives the golden images in float64."""
+    s = SEEDS["c256"]["explicit_noise_per_sample"]
+    noise = [seeded_randn(shape, seed) for shape, seed in zip(s["noise_shapes"], s["seeds_noise"])]
+    g256.fold_blur = True
+    try:
+        with torch.no_grad():
+            image = g256.synthesis(seeded_randn((2, 14, 512), s["seed_latent"]), noise, mode=mode)
+            plain = g256.synthesis(seeded_randn((1, 14, 512), SEEDS["c256"]["w_plus"]["seed_latent"]), mode=mode)
+    finally:
+        g256.fold_blur = None
+    assert (image - outputs_256["explicit_noise_per_sample"]["image"]).abs().max() <= F64_TOL
+    assert (plain - outputs_256["w_plus"]["image"][:1]).abs().max() <= F64_TOL
+
+
+BF16_TOL = 0.05  # max |bf16 fast path - float64 exact| relative to the image's max |value| (measured ~0.01-0.02)
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_bf16_fast_paths_agree_with_the_exact_path(g256, fold):
+    """bf16 autocast (what CUDA runs), folded FIR or not, against the float64 exact synthesis at 256 px: the
+    largest deviation stays within BF16_TOL of the image range, the mean within 1 %."""
+    latent = seeded_randn((1, 14, 512), SEEDS["c256"]["w_plus"]["seed_latent"])
+    g32 = filled_generator(256, dtype=torch.float32)
+    g32.fold_blur = fold
+    with torch.no_grad():
+        exact = g256.synthesis(latent)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = g32.synthesis(latent.float()).double()
+        full32 = g32.synthesis(latent.float()).double()
+    scale = exact.abs().max()
+    assert (full32 - exact).abs().max() <= F32_TOL * scale
+    assert (fast - exact).abs().max() <= BF16_TOL * scale
+    assert (fast - exact).abs().mean() <= 0.01 * exact.abs().mean()
+
+
+def test_coarse_output_uses_only_the_early_layers():
+    """``synthesis(size=s)`` is the skip RGB at s px: equal to the full run's, unaffected by later layers."""
+    torch.manual_seed(0)
+    g = Generator(64, style_dim=32, n_mlp=2, channel_multiplier=1, max_channels=32).eval().requires_grad_(False)
+    ws = torch.randn(1, g.n_latent, 32)
+    with torch.no_grad():
+        a = g.synthesis(ws, size=16)
+        g.to_rgbs[-1].bias.add_(1.0)  # a 64 px layer: must not matter at 16 px
+        b = g.synthesis(ws, size=16)
+        g.to_rgbs[-1].bias.sub_(1.0)
+    assert a.shape == (1, 3, 16, 16) and torch.equal(a, b)
+    with pytest.raises(ValueError, match="size"):
+        g.synthesis(ws, size=24)
