@@ -12,7 +12,7 @@ Writes ``<out>.json`` and ``<out>.md``. What is timed, per method:
 - W / W+ / PTI: whole runs are too long for a benchmark budget, so ``--steps`` steps are timed (early stop off, e4e
   start, the app's learning rate) and scaled to the preset's step count: an upper bound per photo (a run that
   stops early is cheaper). ``batch 1`` = ``optimize_latent`` / ``pivotal_tuning`` per photo; ``batched`` = the
-  batched W/W+ API (``inversion.optimize.optimize_batch``) when this tree has it, else the row says "n/a".
+  batched W/W+ API (``inversion.batch.optimize_batch``) when this tree has it, else the row says "n/a".
 - ``--ranks N``: N processes started with ``torch.multiprocessing`` exactly as torchrun would (env
   ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, :mod:`inversion.distributed`: gloo on the CPU, NCCL + one GPU per process
   on CUDA), each doing its :func:`~inversion.distributed.shard` of the photos batch 1; the wall time from the
@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+
+from inversion.device import setup_device
 
 from bench import common
 
@@ -131,7 +133,9 @@ def optimization_rows(models, lpips, method: str, preset: str, images: torch.Ten
     one(0)  # warm-up
     single = _clock(device, lambda: [one(i) for i in range(ones)])
     rows = [_row(method, "batch 1", 1, ones, single * scale, label, preset=preset)]
-    batched_api = getattr(optimize, "optimize_batch", None)
+    from inversion import batch as batching_api
+
+    batched_api = getattr(batching_api, "optimize_batch", None)
     if method == "pti" or batched_api is None:
         rows.append({"method": method, "mode": "batched", "batch": batch, "preset": preset, "photos_per_hour": None,
                      "how": "n/a: no batched API for this method in this tree"})
@@ -246,10 +250,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="torch threads (default 1 on the CPU: a shared machine slows 2 threads far more than 1)")
     p.add_argument("--rank-methods", default="e4e,w+", help="methods of the --ranks measurement")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
+    device = setup_device(args.device)  # the backend settings app and CLI run with (cuDNN autotuning off)
     cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
     threads = args.threads or (torch.get_num_threads() if cuda else 1)
     torch.set_num_threads(threads)
     family = args.family or ("random1024" if cuda else "builtin")

@@ -49,18 +49,17 @@ FAMILIES: dict[str, Family] = {
 
 
 def choose_device(choice: str = "auto") -> torch.device:
-    """The device the app and the CLI run on: the one place they choose it. ``"auto"``: CUDA when present, else
-    the CPU (:func:`inversion.device.default_device`); ``"cpu"`` / ``"cuda"`` as asked (ValueError when CUDA is
-    asked for but absent)."""
-    from inversion.device import default_device
+    """The device the app and the CLI run on, chosen in this one place, with the backend settings the benchmark
+    measured them with (:func:`inversion.device.setup_device`: cuDNN autotuning off, bounded workspace, TF32).
+    ``"auto"``: CUDA when present, else the CPU; ``"cpu"`` / ``"cuda"`` as asked (ValueError when CUDA is asked
+    for but absent)."""
+    from inversion.device import setup_device
 
-    if choice == "auto":
-        return default_device()
-    if choice not in ("cpu", "cuda"):
+    if choice not in ("auto", "cpu", "cuda"):
         raise ValueError(f"unknown device {choice!r}; choose auto, cpu or cuda")
     if choice == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
-    return torch.device(choice)
+    return setup_device(choice)
 
 
 def bundled_path(name: str) -> Path:
