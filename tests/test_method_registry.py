@@ -168,7 +168,9 @@ def test_missing_lpips_is_said_in_results_and_cli_files(image, tmp_path, monkeyp
     models = _NoLpips()
     inv = invert(models, "w", image, preset="fast")
     assert inv.info["lpips_used"] is False and inv.info["warning"] == M.MSE_ONLY_NOTE
-    assert inv.info["recipe"]["options"] == {"steps": 2, "lr": 0.01} and inv.info["recipe"]["start"] == "e4e"
+    recipe = inv.info["recipe"]
+    assert recipe["app_options"] == {"steps": 2, "lr": 0.01} and recipe["start"] == "e4e"
+    assert recipe["space"] == "w" and recipe["steps"] == 2 and recipe["lr"] == 0.01  # the recipe that ran
     with_lpips = invert(tiny_model_set(), "w", image, preset="fast")
     assert with_lpips.info["lpips_used"] is True and "warning" not in with_lpips.info
     assert "optimize on MSE alone" in S.status_markdown(models, lambda name: False)

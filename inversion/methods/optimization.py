@@ -22,14 +22,6 @@ def lpips_or_none(request: RunRequest) -> Optional[Any]:
         return None
 
 
-def library_preset(module: Any, preset: str) -> dict[str, Any]:
-    """The library preset's values (``module.PRESETS[preset]``) as a plain dict, for the recipe record."""
-    value = getattr(module, "PRESETS", {}).get(preset)
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
-    return dict(value) if isinstance(value, dict) else {}
-
-
 def app_options(key: str, preset: str) -> dict[str, Any]:
     """A copy of :data:`~inversion.methods.presets.APP_PRESETS` for (method, preset), read now."""
     return dict(APP_PRESETS.get((key, preset), {}))
@@ -57,8 +49,9 @@ def run_optimization(space: str):
             models.generator(), image, space=space, preset=request.preset, lpips=lpips, seed=request.seed,
             init=e4e if e4e is not None else models.latent_avg(), callback=request.callback,
             cancel=request.cancel, autocast=request.autocast, **options)
-        recipe = {"function": "inversion.optimize.optimize_latent", "space": space,
-                  "library_preset": library_preset(optimize, request.preset), "options": options}
+        # the library records the full recipe it ran (inversion.recipes, the right space); add the app's start
+        recipe = {"function": "inversion.optimize.optimize_latent", **result.info.get("recipe", {}),
+                  "app_options": options}
         info = run_info(recipe, start="e4e" if e4e is not None else "mean", lpips=lpips)
         return dataclasses.replace(result, info={**result.info, **info})
     return run

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from inversion.methods.base import Method, RunRequest
-from inversion.methods.optimization import app_options, library_preset, lpips_or_none, run_info
+from inversion.methods.optimization import app_options, lpips_or_none, run_info
 from inversion.methods.presets import PRESETS
 from inversion.result import Inversion
 
@@ -24,8 +24,8 @@ def run_pti(request: RunRequest) -> Inversion:
     result = pti.pivotal_tuning(models.generator(), image, pivot=e4e, preset=request.preset, lpips=lpips,
                                 seed=request.seed, callback=request.callback, cancel=request.cancel,
                                 autocast=request.autocast, **options)
-    recipe = {"function": "inversion.pti.pivotal_tuning", "library_preset": library_preset(pti, request.preset),
-              "options": options, "pivot": "e4e" if e4e is not None else "w"}
+    recipe = {"function": "inversion.pti.pivotal_tuning", **result.info.get("recipe", {}), "app_options": options,
+              "pivot": "e4e" if e4e is not None else "w"}
     info = run_info(recipe, start="e4e" if e4e is not None else "mean", lpips=lpips)
     return dataclasses.replace(result, info={**result.info, **info})
 
