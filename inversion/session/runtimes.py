@@ -37,7 +37,9 @@ def load_runtimes(path: Union[str, Path, None] = None) -> dict[str, dict[str, di
 
 
 def format_seconds(seconds: float) -> str:
-    """``0.4 s``, ``12 s``, ``3.5 min``, ``1.2 h``."""
+    """``36 ms``, ``0.4 s``, ``12 s``, ``3.5 min``, ``1.2 h``."""
+    if seconds < 0.1:
+        return f"{seconds * 1000:.0f} ms"
     if seconds < 10:
         return f"{seconds:.1f} s"
     if seconds < 120:
