@@ -26,7 +26,7 @@ from PIL import Image
 from inversion import cli
 from inversion import methods as M
 from inversion.checkpoints import CheckpointMissingError
-from tiny_models import N_LATENT, SIZE, STYLE_DIM, TinyModelSet, tiny_model_set
+from tiny_models import N_LATENT, SIZE, STYLE_DIM, OnSecondEncode, TinyModelSet, tiny_model_set
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER = ROOT / "examples" / "grace_hopper.jpg"
@@ -245,26 +245,11 @@ def test_as_a_module_bad_arguments(tmp_path):
     assert proc.returncode == 2 and "--out" in proc.stderr
 
 
-class _CtrlCOnSecondPhoto(TinyModelSet):
+class _CtrlCOnSecondPhoto(OnSecondEncode):
     """Tiny set whose e4e encoder sends the process a SIGINT (Ctrl-C) while it encodes the second photo."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def encoder(self, kind):
-        bundle = super().encoder(kind)
-        outer = self
-
-        class Counting:
-            opts = bundle.opts
-
-            def encode(self, images):
-                outer.calls += 1
-                if outer.calls == 2:
-                    signal.raise_signal(signal.SIGINT)
-                return bundle.encode(images)
-        return Counting()
+    def on_second(self) -> None:
+        signal.raise_signal(signal.SIGINT)
 
 
 def test_stop_keeps_finished_photos_and_resumes(tmp_path):

@@ -13,7 +13,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,8 @@ from PIL import Image
 from inversion import cli
 from inversion import distributed as D
 from inversion import methods as M
-from tiny_models import TinyModelSet, tiny_model_set
+from tiny_models import OnSecondEncode, tiny_model_set
+from app_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER = ROOT / "examples" / "grace_hopper.jpg"
@@ -77,32 +77,11 @@ def test_parts_merge_in_input_order_and_ignore_other_runs(tmp_path):
 
 # ------------------------------------------------------------------------------------------ two processes
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _DiesOnSecondPhoto(TinyModelSet):
+class _DiesOnSecondPhoto(OnSecondEncode):
     """Tiny set whose e4e encoder ends the whole process (no cleanup, like a crash) on its second photo."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def encoder(self, kind):
-        bundle = super().encoder(kind)
-        outer = self
-
-        class Dying:
-            opts = bundle.opts
-
-            def encode(self, images):
-                outer.calls += 1
-                if outer.calls == 2:
-                    os._exit(17)
-                return bundle.encode(images)
-        return Dying()
+    def on_second(self) -> None:
+        os._exit(17)
 
 
 def _rank_process(rank: int, world: int, port: int, argv: list[str], result: str, crash_rank: int) -> None:
@@ -121,7 +100,7 @@ def run_ranks(argv: list, tmp: Path, *, world: int = 2, crash_rank: int = -1) ->
     """``cli.main(argv)`` in ``world`` processes (spawned, gloo on loopback); each rank's rc/stdout/stderr
     (None for a rank that died)."""
     ctx = multiprocessing.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     results = [tmp / f"rank{r}.json" for r in range(world)]
     procs = [ctx.Process(target=_rank_process, args=(r, world, port, [str(a) for a in argv], str(results[r]),
                                                       crash_rank)) for r in range(world)]

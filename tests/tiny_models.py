@@ -70,3 +70,29 @@ def tiny_model_set() -> TinyModelSet:
     ms.encoder("psp")
     ms.lpips()
     return ms
+
+
+class OnSecondEncode(TinyModelSet):
+    """Tiny set whose e4e/pSp encoder calls :meth:`on_second` while it encodes the second photo (a crash, a
+    Ctrl-C, ...: subclasses say which)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def on_second(self) -> None:
+        raise NotImplementedError
+
+    def encoder(self, kind):
+        bundle = super().encoder(kind)
+        outer = self
+
+        class Watched:
+            opts = bundle.opts
+
+            def encode(self, images):
+                outer.calls += 1
+                if outer.calls == 2:
+                    outer.on_second()
+                return bundle.encode(images)
+        return Watched()
