@@ -178,7 +178,7 @@ def pivotal_tuning(
                    weight=locality_weight)
     tuner = _Tuner(G, tuned, params, code, criterion, recipe, lpips=lpips, autocast=autocast, locality=loc)
     losses = tuner.run(graph=graph, offset=offset, total=total, callback=callback, cancel=cancel,
-                       every=max(1, int(check_every)))
+                       every=max(1, int(check_every)) if graph else 1)  # eager: Stop within one step
     hit_threshold = tuner.hit
 
     # ---- release the optimizer state, gradients and the graph; freeze the copy
