@@ -28,8 +28,8 @@ once as a CUDA graph and replayed (``compile=None``: on CUDA; ``compile=False``:
 learning rate and latent-noise schedules live on the device; per-step losses go into a device log that is
 read back every ``check_every`` steps (default 10): callbacks for those steps run then (each step still gets
 its call, with its own numbers), and a ``cancel`` event ends the run within ``check_every`` steps (graphed
-runs; eager CPU runs read back every step, so there it ends within one). The early stop is decided on the device at the step it fires (it freezes the state from the next step on), so the
-result does not depend on ``check_every``. Latent noise is drawn on the device from a generator seeded with
+runs; eager CPU runs read back every step, so there it ends within one). The early stop is decided on the
+device at the step it fires (it freezes the state from the next step on), so the result does not depend on ``check_every``. Latent noise is drawn on the device from a generator seeded with
 ``seed``.
 
 Coarse-to-fine (recipe ``coarse_steps``): the first steps fit the generator's ``coarse_size`` px skip output
