@@ -3,7 +3,6 @@ pasted back into one photo (:mod:`inversion.group`); its files and ``metrics.jso
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -13,9 +12,9 @@ from inversion import group as G
 from inversion import session as S
 from inversion.checkpoints import CheckpointError
 from inversion.cli.args import EditArg
-from inversion.cli.inputs import _display
 from inversion.cli.loading import FatalError, Loaded
-from inversion.cli.photo import FORMAT, METRIC_KEYS, PhotoSkipped, _check_cancel, _finite, _npy, _png, _write_json
+from inversion.cli.photo import (METRIC_KEYS, PhotoSkipped, _check_cancel, _finite, _npy, _png, _write_json,
+                                 record_header)
 from inversion.models import ModelSet
 
 
@@ -93,10 +92,7 @@ def invert_group_photo(models: ModelSet, path: Path, folder: Path, *, settings: 
             for method in methods:
                 _png(folder, f"{S.safe_name(method)}_{wanted['key']}_pasted", G.paste_all(edited, method).pasted, files)
     record = {
-        "tool": "inversion.cli", "format": FORMAT,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": dict(settings),
-        "source": {"path": _display(path), "name": _display(path.name), "sha256": source_sha256},
+        **record_header(path, settings=settings, source_sha256=source_sha256),
         "photo": {"size": list(photo.image.size), "faces_found": len(photo.faces), "faces_used": n},
         "model": {"family": models.family.name, "label": models.family.label,
                   "generator_size": models.family.size, "device": str(models.device)},

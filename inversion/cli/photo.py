@@ -61,6 +61,14 @@ def optimized_on(info: Mapping[str, Any]) -> str:
     return "MSE + LPIPS" if info["lpips_used"] else "MSE only"
 
 
+def record_header(path: Path, *, settings: Mapping[str, Any], source_sha256: str) -> dict[str, Any]:
+    """The first entries of a photo's ``metrics.json``: tool, format, time, settings and the source file."""
+    return {"tool": "inversion.cli", "format": FORMAT,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "settings": dict(settings),
+            "source": {"path": _display(path), "name": _display(path.name), "sha256": source_sha256}}
+
+
 def invert_photo(models: ModelSet, path: Path, folder: Path, *, settings: Mapping[str, Any], source_sha256: str,
                  edits: Sequence[EditArg], ensure_models: Callable[[], Loaded], on_progress: S.ProgressFn,
                  on_stage: Callable[[str], None], cancel: threading.Event,
@@ -145,10 +153,7 @@ def invert_photo(models: ModelSet, path: Path, folder: Path, *, settings: Mappin
             if settings["paste_back"]:
                 _png(folder, f"{name}_pasted", S.paste_result(edited, method).pasted, files)
     record = {
-        "tool": "inversion.cli", "format": FORMAT,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": dict(settings),
-        "source": {"path": _display(path), "name": _display(path.name), "sha256": source_sha256},
+        **record_header(path, settings=settings, source_sha256=source_sha256),
         "photo": {"size": list(photo.image.size), "faces_found": len(photo.faces), "face_index": state.face_index,
                   "aligned_size": state.aligned.output_size},
         "model": {"family": models.family.name, "label": models.family.label,
