@@ -58,14 +58,40 @@ def fold_blur(weight: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
     ``blur(conv_transpose(x, w, stride=2), kernel, pad=1)`` equals ``conv_transpose(x, fold_blur(w, kernel),
     stride=2, padding=2)`` (blur and transposed conv are both linear and shift-equivariant; the folded
-    kernel is the full 2-D convolution of ``w`` with the symmetric FIR). One tensor-core convolution instead
-    of a convolution plus a full-size depthwise pass.
+    kernel is the full 2-D convolution of ``w`` with the symmetric FIR).
     """
     lead, k = weight.shape[:-2], weight.shape[-1]
     f = kernel.shape[-1]
     w = weight.reshape(-1, 1, k, k)
     out = F.conv2d(w, kernel.to(w.dtype)[None, None], padding=f - 1)  # symmetric kernel: correlation = convolution
     return out.reshape(*lead, k + f - 1, k + f - 1)
+
+
+def polyphase_weight(folded: torch.Tensor) -> torch.Tensor:
+    """Folded 6x6 transposed-conv weights ``(..., O, I, 6, 6)`` -> ``(..., 4 O, I, 3, 3)``: the four output phases
+    of the stride-2 transposed convolution as one stride-1 3x3 convolution (channel ``4 o + 2 a + b`` makes output
+    pixel ``(2 i + a, 2 j + b)`` of channel ``o``; :func:`F.pixel_shuffle` (2) interleaves them).
+
+    ``conv_transpose(x, wf, stride=2, padding=2)[2i + a] = sum_u x[i + u] wf[a + 4 - 2 (u + 1)]`` for u in -1..1, a
+    3-tap correlation per phase; in 2-D the phase (a, b) kernel is ``wf[a + 4 - 2u', b + 4 - 2v']``.
+    """
+    # phase a reads taps (4, 2, 0) + a: the even / odd taps, reversed (slices only: nothing to copy to the device)
+    w = torch.stack([folded[..., 0::2, :], folded[..., 1::2, :]], dim=-3).flip(-2)  # (..., O, I, a, u, 6)
+    w = torch.stack([w[..., 0::2], w[..., 1::2]], dim=-2).flip(-1)  # (..., O, I, a, u, b, v)
+    n = w.dim() - 6
+    w = w.permute(*range(n), n, n + 2, n + 4, n + 1, n + 3, n + 5)  # (..., O, a, b, I, u, v)
+    return w.reshape(*w.shape[:n], 4 * w.shape[n], w.shape[n + 3], 3, 3)
+
+
+def upsample_conv(x: torch.Tensor, folded: torch.Tensor, *, groups: int = 1,
+                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``conv_transpose(x, folded, stride=2, padding=2)`` for folded 3x3-and-FIR weights ``(G*O, I, 6, 6)``
+    (``groups`` = G samples stacked along channels) as one dense stride-1 3x3 convolution plus a pixel shuffle:
+    tensor-core friendly, no depthwise pass. ``bias`` ``(G*O,)``."""
+    phases = polyphase_weight(folded)
+    b = None if bias is None else bias.repeat_interleave(4)
+    return F.pixel_shuffle(F.conv2d(x, phases.to(x.dtype), None if b is None else b.to(x.dtype), padding=1,
+                                    groups=groups), 2)
 
 
 def bias_leaky_relu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -102,8 +128,9 @@ def modulated_conv2d(
     one grouped convolution (no full-size elementwise passes; used for one sample, and for batches on
     CUDA, where an H200 measured it faster than the other form). Otherwise the activations are scaled
     before and after one shared-weight convolution (no per-sample weights; used for CPU batches).
-    ``None`` picks as just described. ``folded_blur`` (grouped form, upsampling): the FIR folded into the
-    transposed-conv weights (:func:`fold_blur`), no separate blur pass.
+    ``None`` picks as just described. ``folded_blur`` (upsampling, either form): the FIR folded into the
+    transposed-conv weights and run as one dense stride-1 convolution over the four output phases plus a pixel
+    shuffle (:func:`upsample_conv`), instead of a transposed convolution and a depthwise blur pass.
     """
     acc = torch.promote_types(weight.dtype, torch.float32)  # styles/demodulation in >= float32
     n = x.shape[0]
@@ -119,7 +146,9 @@ def modulated_conv2d(
             w2 = weight.to(acc).square().sum(dim=(2, 3))  # (O, I)
             scale = scale * torch.rsqrt(styles.to(acc).square() @ w2.t() + 1e-8)  # (N, O)
     x = x * styles.to(x.dtype)[:, :, None, None]
-    if upsample:
+    if upsample and folded_blur:
+        y = upsample_conv(x, fold_blur(weight.to(acc), blur_kernel))
+    elif upsample:
         y = F.conv_transpose2d(x, weight.transpose(0, 1).to(x.dtype), stride=2)
         y = blur(y, blur_kernel, pad=1)
     else:
@@ -149,10 +178,8 @@ def _modconv_folded(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
     if n > 1:
         x = x.reshape(1, n * c_in, h, w_)  # NCHW: samples become groups
     if upsample and folded_blur:
-        kf = w.shape[-1]
-        b = None if bias is None else bias.to(x.dtype).repeat(n)
-        y = F.conv_transpose2d(x, w.transpose(1, 2).reshape(n * c_in, c_out, kf, kf).to(x.dtype), b, stride=2,
-                               padding=2, groups=n)
+        y = upsample_conv(x, w.reshape(n * c_out, c_in, *w.shape[-2:]), groups=n,
+                          bias=None if bias is None else bias.repeat(n))
         return y.reshape(n, c_out, *y.shape[-2:])
     if upsample:
         y = F.conv_transpose2d(x, w.transpose(1, 2).reshape(n * c_in, c_out, k, k).to(x.dtype), stride=2, groups=n)
@@ -353,10 +380,10 @@ class Generator(nn.Module):
             in_ch = out_ch
         self.noises = NoiseBuffers([2 ** ((i + 5) // 2) for i in range(self.num_layers)])
         self.fold_blur: Optional[bool] = None
-        """Upsampling FIR folded into the transposed-conv weights (:func:`fold_blur`) in the grouped form.
-        ``None`` (default) = off: measured SLOWER on an H200 (graphed W+ step at 1024, bf16: 15.5 ms folded vs
-        10.4 ms separate; fp32 17.7 vs 13.5 ms; ``bench/results/h200_speed_run2.json``): the 6x6 transposed
-        convolutions cost more than the depthwise blur they replace. True forces it (exact either way)."""
+        """Default of ``synthesis(fold_blur=...)``: the upsampling FIR folded into the convolution weights and run
+        as a stride-1 convolution over the four output phases (:func:`upsample_conv`). ``None`` = off here; the
+        batched optimization turns it on per call (measured there). An earlier form of the fold (6x6 transposed
+        convolutions) measured slower at batch 1 on an H200 (``bench/results/h200_speed_run2.json``)."""
 
     # -- config ---------------------------------------------------------------
     def config(self) -> dict:
@@ -397,7 +424,7 @@ class Generator(nn.Module):
 
     def synthesis(self, ws: torch.Tensor, noise: NoiseSpec = None, *,
                   generator: Optional[torch.Generator] = None, mode: str = "auto",
-                  size: Optional[int] = None) -> torch.Tensor:
+                  size: Optional[int] = None, fold_blur: Optional[bool] = None) -> torch.Tensor:
         """W+ codes (N, n_latent, style_dim) -> images (N, 3, size, size).
 
         ``noise``: None uses the stored ``noises.noise_i`` buffers (deterministic); ``"random"``
@@ -413,6 +440,10 @@ class Generator(nn.Module):
         ``size`` (a power of two from 4 to ``self.size``; default the full size) stops at that resolution and
         returns the skip branch's RGB there (N, 3, size, size): only the layers up to ``size`` run (the
         coarse phase of a coarse-to-fine optimization). The W+ rows and noise maps of later layers are unused.
+
+        ``fold_blur`` (default ``self.fold_blur``): run each upsampling convolution with its FIR folded in, as one
+        stride-1 convolution over the four output phases (:func:`upsample_conv`; exact, about 2x faster for
+        batched bf16 steps on an H200, ``bench/results/batch_variants_*``).
         """
         if ws.dim() != 3 or ws.shape[1] != self.n_latent or ws.shape[2] != self.style_dim:
             raise ValueError(f"ws must be (N, {self.n_latent}, {self.style_dim}), got {tuple(ws.shape)}")
@@ -422,17 +453,17 @@ class Generator(nn.Module):
         if size < 4 or size > self.size or size & (size - 1):
             raise ValueError(f"size must be a power of two from 4 to {self.size}, got {size}")
         n = ws.shape[0]
+        fold = bool(self.fold_blur if fold_blur is None else fold_blur)
         noises = self.noise_list(noise, n, like=ws, generator=generator)
         if n > 1 and (mode == "per_sample" or (mode == "auto" and not ws.is_cuda)):
             return torch.cat([
                 self._synthesize(ws[i:i + 1], [m if m.shape[0] == 1 else m[i:i + 1] for m in noises], grouped=True,
-                                 size=size)
+                                 size=size, fold=fold)
                 for i in range(n)])
-        return self._synthesize(ws, noises, grouped={"folded": True, "scaled": False}.get(mode), size=size)
+        return self._synthesize(ws, noises, grouped={"folded": True, "scaled": False}.get(mode), size=size, fold=fold)
 
     def _synthesize(self, ws: torch.Tensor, noises: list[torch.Tensor], *, grouped: Optional[bool],
-                    size: int) -> torch.Tensor:
-        fold = bool(self.fold_blur)
+                    size: int, fold: bool) -> torch.Tensor:
         blocks = int(math.log2(size)) - 2  # to_rgbs run up to `size` (0 blocks: the 4 px output)
         x = self.input(ws.shape[0])
         if ws.shape[0] == 1 or grouped is False:  # NHWC: faster convs; batched groups want NCHW
