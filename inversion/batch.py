@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import threading
+import time
 from typing import Any, Optional
 
 import torch
@@ -24,7 +25,7 @@ import torch
 from inversion.lpips import LPIPS, downsample_256
 from inversion.optimize import LR_RAMPUP, _start_code, lr_ramp, resolve_recipe, w_statistics
 from inversion.recipes import OptimizeRecipe
-from inversion.result import Inversion, check_cancel
+from inversion.result import Inversion, ProgressCallback, check_cancel
 from inversion.stepper import CapturedStep, adam, graph_default, run_steps
 from inversion.stylegan2 import Generator
 
@@ -70,7 +71,7 @@ def optimize_batch(G: Generator, targets: torch.Tensor, *, lpips: Optional[LPIPS
                    cancel: Optional[threading.Event] = None, autocast: bool = False,
                    compile: Optional[bool] = None, check_every: int = 10, synthesis_mode: Optional[str] = None,
                    fold_blur: Optional[bool] = None, fuse: Optional[bool] = None,
-                   **overrides: Any) -> list[Inversion]:
+                   callback: Optional[ProgressCallback] = None, **overrides: Any) -> list[Inversion]:
     """Invert ``targets`` ``(B, 3, S, S)`` in [-1, 1]; returns one :class:`Inversion` per photo, each as
     ``optimize_latent`` would return it alone (``init``: ``None`` = mean w for all, or ``(B, n_latent, D)`` /
     ``(B, D)`` start codes).
@@ -81,7 +82,9 @@ def optimize_batch(G: Generator, targets: torch.Tensor, *, lpips: Optional[LPIPS
     ``fold_blur`` (default on CUDA: upsampling as one stride-1 convolution over four phases, no depthwise blur) and
     ``fuse`` (default on CUDA when Triton is importable: ``torch.compile`` of the synthesis, which fuses its
     elementwise passes; compiled once per shape, falls back to the plain step if compiling fails).
-    ``info["step"]`` records the choices that ran."""
+    ``info["step"]`` records the choices that ran. ``callback(step, total, metrics)``: the mean ``loss`` / ``mse`` /
+    ``lpips`` of the photos still running (``running``: how many) per step, up to ``check_every`` steps late."""
+    started = time.perf_counter()
     r = resolve_recipe(space, preset, recipe, overrides)
     if r.optimize_noise or r.latent_noise > 0 or r.coarse_steps:
         raise ValueError("a batch supports neither noise maps, latent noise nor a coarse phase")
@@ -178,6 +181,14 @@ def optimize_batch(G: Generator, targets: torch.Tensor, *, lpips: Optional[LPIPS
         step = CapturedStep(body, graph=graph, gate=gate, reset=reset)
 
     def drain(a: int, b: int) -> bool:
+        if callback is not None:  # the batch's mean losses over the photos still running, one call per step
+            rows = log[a:b].tolist()
+            live = (~done).tolist()
+            for j, (tot, ms, lp) in enumerate(rows):
+                pick = [k for k in range(B) if live[k]] or list(range(B))
+                mean = {name: sum(v[k] for k in pick) / len(pick) for name, v in
+                        (("loss", tot), ("mse", ms), ("lpips", lp))}
+                callback(a + j + 1, steps, {**mean, "lr": lr_host[a + j], "running": float(len(pick))})
         check_cancel(cancel)
         return bool(done.all())
 
@@ -196,16 +207,17 @@ def optimize_batch(G: Generator, targets: torch.Tensor, *, lpips: Optional[LPIPS
         chosen = torch.where(use_best[:, None, None], best, finals)
         images = synthesize(chosen)
         total, mse, lp = _per_photo_losses(images, targets, feats, lpips, r)
+    share = (time.perf_counter() - started) / B
     for b in range(B):
         n = runs[b]
         info = {"space": r.space, "steps": steps, "steps_run": n, "lr": r.lr, "stopped_early": n < steps,
                 "returned_step": int(best_step[b]) if bool(use_best[b]) else n, "optimize_noise": False,
-                "seed": seed, "recipe": r.to_dict(), "batch": B, "loss": float(total[b]), "mse": float(mse[b]),
+                "seed": seed, "recipe": r.to_dict(), "batch": B, "preset": preset, "loss": float(total[b]), "mse": float(mse[b]),
                 "compiled": graph, "step": {"synthesis": mode, "fold_blur": fold, "fused": fuse}}
         if lpips is not None:
             info["lpips"] = float(lp[b])
         else:
             info["note"] = "no LPIPS network given: MSE only"
         results.append(Inversion(method=r.space, w_plus=chosen[b:b + 1].expand(1, G.n_latent, G.style_dim).clone(),
-                                 image=images[b:b + 1].clone(), losses=tuple(logs[:n, 0, b].tolist()), info=info))
+                                 image=images[b:b + 1].clone(), seconds=share, losses=tuple(logs[:n, 0, b].tolist()), info=info))
     return results

@@ -6,7 +6,7 @@ import math
 import os
 import shutil
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -69,6 +69,38 @@ def record_header(path: Path, *, settings: Mapping[str, Any], source_sha256: str
             "source": {"path": _display(path), "name": _display(path.name), "sha256": source_sha256}}
 
 
+@dataclass
+class PreparedPhoto:
+    """A photo opened and aligned, ready for the methods: its session state and the notes so far."""
+
+    path: Path
+    photo: Any  # inversion.session.OpenedPhoto
+    state: S.VisitorState
+    warnings: list[str]
+
+
+def prepare_photo(path: Path, *, settings: Mapping[str, Any]) -> PreparedPhoto:
+    """Open ``path`` and align the face ``settings["face"]``; raises :class:`PhotoSkipped` (plain reason) or
+    :class:`FatalError` (the landmark model is missing)."""
+    face = settings["face"]
+    try:
+        photo = S.open_photo(path)
+        if face >= len(photo.faces):
+            raise PhotoSkipped(f"--face {face} was asked for, but {len(photo.faces)} face(s) were found "
+                               "(--face counts from 0)")
+        state = S.align_photo(S.new_state(), photo, face)
+    except (alignment.AlignmentError, S.SessionError) as err:
+        raise PhotoSkipped(str(err)) from None
+    except alignment.PredictorNotFoundError as err:
+        raise FatalError(str(err)) from None
+    state = replace(state, seed=settings["seed"])
+    warnings = list(photo.notes)
+    if len(photo.faces) > 1:
+        warnings.append(f"{len(photo.faces)} faces were found; --face {face} is used (0 = the most confident).")
+    warnings.extend(state.aligned.warnings)
+    return PreparedPhoto(path, photo, state, warnings)
+
+
 def invert_photo(models: ModelSet, path: Path, folder: Path, *, settings: Mapping[str, Any], source_sha256: str,
                  edits: Sequence[EditArg], ensure_models: Callable[[], Loaded], on_progress: S.ProgressFn,
                  on_stage: Callable[[str], None], cancel: threading.Event,
@@ -86,29 +118,26 @@ def invert_photo(models: ModelSet, path: Path, folder: Path, *, settings: Mappin
 
         return invert_group_photo(models, path, folder, settings=settings, source_sha256=source_sha256, edits=edits,
                                   ensure_models=ensure_models, on_stage=on_stage, cancel=cancel)
-    face = settings["face"]
-    try:
-        photo = S.open_photo(path)
-        if face >= len(photo.faces):
-            raise PhotoSkipped(f"--face {face} was asked for, but {len(photo.faces)} face(s) were found "
-                               "(--face counts from 0)")
-        state = S.align_photo(S.new_state(), photo, face)
-    except (alignment.AlignmentError, S.SessionError) as err:
-        raise PhotoSkipped(str(err)) from None
-    except alignment.PredictorNotFoundError as err:
-        raise FatalError(str(err)) from None
-    state = replace(state, seed=settings["seed"])
-    warnings = list(photo.notes)
-    if len(photo.faces) > 1:
-        warnings.append(f"{len(photo.faces)} faces were found; --face {face} is used (0 = the most confident).")
-    warnings.extend(state.aligned.warnings)
+    prepared = prepare_photo(path, settings=settings)
     _check_cancel(cancel)
-    loaded = ensure_models()
+    return finish_photo(models, prepared, folder, settings=settings, source_sha256=source_sha256, edits=edits,
+                        loaded=ensure_models(), on_progress=on_progress, on_stage=on_stage, cancel=cancel,
+                        registry=registry)
+
+
+def finish_photo(models: ModelSet, prepared: PreparedPhoto, folder: Path, *, settings: Mapping[str, Any],
+                 source_sha256: str, edits: Sequence[EditArg], loaded: Loaded, on_progress: S.ProgressFn,
+                 on_stage: Callable[[str], None], cancel: threading.Event, registry: MethodRegistry = METHODS,
+                 precomputed: Optional[Mapping[str, Any]] = None, starts: Optional[Any] = None) -> dict[str, Any]:
+    """Invert (methods in ``precomputed``, made by a batched run, are taken from there), edit and paste back a
+    prepared photo; write its files into ``folder`` (metrics.json last) and return the record. ``starts``: the
+    photo's encoder codes from the batch (:class:`~inversion.methods.StartCache`)."""
+    path, photo, state, warnings = prepared.path, prepared.photo, prepared.state, list(prepared.warnings)
     image = S.model_input(state, models.family.size)
     skipped = dict(loaded.dropped)
     for item in S.run_inversions(models, image, loaded.methods, presets=settings["presets"], seed=settings["seed"],
                                  on_progress=on_progress, cancel=cancel, file_present=S.file_present_from({}),
-                                 registry=registry):
+                                 registry=registry, precomputed=precomputed, starts=starts):
         if isinstance(item, S.Skipped):
             skipped[item.method] = item.reason
         else:
@@ -130,7 +159,8 @@ def invert_photo(models: ModelSet, path: Path, folder: Path, *, settings: Mappin
                            "metrics": {k: _finite(r.metrics.get(k)) for k in METRIC_KEYS},
                            "wplus_shape": list(r.inversion.w_plus.shape), "start": r.inversion.info.get("start"),
                            "optimized_on": optimized_on(r.inversion.info),
-                           "recipe": r.inversion.info.get("recipe", {})}
+                           "recipe": r.inversion.info.get("recipe", {}),
+                           "batch": int(r.inversion.info.get("batch", 1))}
         if r.inversion.info.get("warning"):
             results[method]["warning"] = r.inversion.info["warning"]
         if r.inversion.generator is not None:

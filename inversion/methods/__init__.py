@@ -4,7 +4,8 @@ Each method is one registered object (:class:`~inversion.methods.base.Method`: r
 files, presets, labels, help text, order); :data:`METHODS` (:mod:`inversion.methods.registry`) lists them in run
 order and everything else derives its lists from it. ``invert(models, "e4e", image)`` runs one method on an
 aligned photo tensor (1, 3, S, S) in [-1, 1] (S = the family's generator size) and returns an
-:class:`~inversion.result.Inversion`; ``evaluate(models, inversion, image)`` measures it.
+:class:`~inversion.result.Inversion`; ``evaluate(models, inversion, image)`` measures it. ``invert_batch`` runs one
+method on several photos together where the method has a batched form (batch jobs: the CLI).
 
 Modules: :mod:`.base` (Method, MethodRegistry, RunRequest), :mod:`.registry` (the shipped methods),
 :mod:`.encoding` (e4e, pSp), :mod:`.optimization` (W, W+), :mod:`.tuning` (PTI), :mod:`.starts` (one encoder pass
@@ -16,10 +17,10 @@ from inversion.methods.base import DEFAULT_PRESET, Method, MethodRegistry, RunRe
 from inversion.methods.optimization import MSE_ONLY_NOTE
 from inversion.methods.presets import APP_PRESETS, PRESETS, use_bf16
 from inversion.methods.registry import METHODS
-from inversion.methods.run import available, evaluate, invert
+from inversion.methods.run import available, evaluate, invert, invert_batch
 from inversion.methods.starts import StartCache, encoder_input
 
 __all__ = [
     "APP_PRESETS", "DEFAULT_PRESET", "METHODS", "MSE_ONLY_NOTE", "Method", "MethodRegistry", "PRESETS", "RunRequest",
-    "StartCache", "available", "encoder_input", "evaluate", "invert", "use_bf16",
+    "StartCache", "available", "encoder_input", "evaluate", "invert", "invert_batch", "use_bf16",
 ]

@@ -45,6 +45,11 @@ class RunRequest:
 RunFn = Callable[[RunRequest], Inversion]
 """``run(request) -> Inversion``; ``info["recipe"]`` (a dict) records the options it ran with."""
 
+BatchRunFn = Callable[[list[RunRequest]], list[Inversion]]
+"""``run_batch(requests) -> one Inversion per request``, computed together (one forward or one optimization for
+all the photos); the requests share models, preset, seed, cancel and autocast and differ in image and starts.
+Each result is what ``run`` gives for its request, within the stated float tolerance of the batched form."""
+
 
 @dataclass(frozen=True)
 class Method:
@@ -60,6 +65,7 @@ class Method:
     order: int = 100  # run order: one-pass methods first, so their results show while the slow ones work
     how: str = ""  # a short phrase for the run-time table
     pieces: tuple[Piece, ...] = ()  # model pieces this method brings (beyond inversion.pieces.BASE_PIECES)
+    run_batch: Optional[BatchRunFn] = None  # several photos at once (batch jobs); None: one after another
 
     @property
     def has_presets(self) -> bool:

@@ -57,14 +57,50 @@ def run_optimization(space: str):
     return run
 
 
+def run_optimization_batch(space: str):
+    """The batched run of W / W+ optimization (:func:`inversion.batch.optimize_batch`): the photos' e4e starts in
+    one encoder pass, then one optimization of all of them, each photo its own problem and its own early stop."""
+    def run_batch(requests: list[RunRequest]) -> list[Inversion]:
+        import torch
+
+        from inversion.batch import optimize_batch
+        from inversion.methods.starts import fill_starts
+
+        first = requests[0]
+        models = first.models
+        options = app_options(space, first.preset)
+        starts = None
+        if options.pop("start", None) == "e4e":
+            try:
+                fill_starts(models, "e4e", [(r.image, r.starts) for r in requests])
+                starts = torch.cat([r.starts.codes(models, "e4e", r.image) for r in requests])
+            except (CheckpointError, OSError):
+                starts = None
+        init = starts if starts is not None else models.latent_avg().expand(len(requests), -1)
+        lpips = lpips_or_none(first)
+        results = optimize_batch(models.generator(), torch.cat([r.image for r in requests]), space=space,
+                                 preset=first.preset, lpips=lpips, seed=first.seed, init=init,
+                                 callback=first.callback, cancel=first.cancel, autocast=first.autocast, **options)
+        out = []
+        for result in results:
+            recipe = {"function": "inversion.batch.optimize_batch", **result.info.get("recipe", {}),
+                      "app_options": options}
+            info = run_info(recipe, start="e4e" if starts is not None else "mean", lpips=lpips)
+            out.append(dataclasses.replace(result, info={**result.info, **info}))
+        return out
+    return run_batch
+
+
 W = Method(
     "w", "W optimization",
     "Optimizes one 512-d code shared by all layers (MSE + LPIPS): good editability, limited fidelity.",
     run_optimization("w"), needs=("generator",), optional=("lpips", "encoder:e4e"), presets=PRESETS, order=30,
+    run_batch=run_optimization_batch("w"),
     how="optimizes one code for all layers (MSE + LPIPS)")
 
 W_PLUS = Method(
     "w+", "W+ optimization",
     "Optimizes every layer's code separately: very close reconstruction, edits drift more.",
     run_optimization("w+"), needs=("generator",), optional=("lpips", "encoder:e4e"), presets=PRESETS, order=40,
+    run_batch=run_optimization_batch("w+"),
     how="optimizes a code per layer")

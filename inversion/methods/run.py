@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -40,14 +40,7 @@ def invert(models: ModelSet, method: str, image: torch.Tensor, *, preset: str = 
     ``info["recipe"]`` records what the method ran with. Raises CheckpointMissingError when a needed file is not
     there yet.
     """
-    if method not in methods:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(methods)}")
-    spec = methods[method]
-    if spec.has_presets and preset not in spec.presets:
-        raise ValueError(f"unknown preset {preset!r} for {method}; choose one of {spec.presets}")
-    g = models.generator()
-    if image.dim() != 4 or image.shape[0] != 1 or image.shape[-1] != g.size:
-        raise ValueError(f"expected an aligned image (1, 3, {g.size}, {g.size}), got {tuple(image.shape)}")
+    spec = _checked(models, method, preset, [image], methods)
     image = image.to(models.device, torch.float32)
     autocast = use_bf16(models.device) if autocast is None else autocast
     check_cancel(cancel)
@@ -55,10 +48,57 @@ def invert(models: ModelSet, method: str, image: torch.Tensor, *, preset: str = 
                          autocast=autocast, starts=starts if starts is not None else StartCache(), pti_pivot=pti_pivot)
     start = time.perf_counter()
     result = spec.run(request)
+    return _recorded(result, method, preset, seed, autocast, time.perf_counter() - start)
+
+
+def _checked(models: ModelSet, method: str, preset: str, images: Sequence[torch.Tensor],
+             methods: MethodRegistry):
+    """The method's registry entry, after checking the method, the preset and every image's shape."""
+    if method not in methods:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(methods)}")
+    spec = methods[method]
+    if spec.has_presets and preset not in spec.presets:
+        raise ValueError(f"unknown preset {preset!r} for {method}; choose one of {spec.presets}")
+    g = models.generator()
+    for image in images:
+        if image.dim() != 4 or image.shape[0] != 1 or image.shape[-1] != g.size:
+            raise ValueError(f"expected an aligned image (1, 3, {g.size}, {g.size}), got {tuple(image.shape)}")
+    return spec
+
+
+def _recorded(result: Inversion, method: str, preset: str, seed: int, autocast: bool, seconds: float) -> Inversion:
+    """``result`` with its run time and the run's record (method, preset, seed, autocast, the method's recipe)."""
     recipe = {"method": method, "preset": preset, "seed": seed, "autocast": bool(autocast),
               **result.info.get("recipe", {})}
     info = dict(result.info, preset=preset, seed=seed, recipe=recipe)
-    return replace(result, seconds=time.perf_counter() - start, info=info)
+    return replace(result, seconds=seconds, info=info)
+
+
+def invert_batch(models: ModelSet, method: str, images: Sequence[torch.Tensor], *, preset: str = "balanced",
+                 seed: int = 0, callback: Optional[ProgressCallback] = None,
+                 cancel: Optional[threading.Event] = None, autocast: Optional[bool] = None,
+                 starts: Optional[Sequence[StartCache]] = None, methods: MethodRegistry = METHODS) -> list[Inversion]:
+    """:func:`invert` for several aligned photos (each ``(1, 3, S, S)``), together where the method has a batched
+    form (``Method.run_batch``: the encoders, W, W+), else one after another. ``starts``: one cache per photo
+    (filled by the batch, so later methods reuse its encoder pass). ``seconds`` is the batch's time shared
+    equally; ``info["batch"]`` says how many photos ran together."""
+    spec = _checked(models, method, preset, images, methods)
+    starts = list(starts) if starts is not None else [StartCache() for _ in images]
+    if len(starts) != len(images):
+        raise ValueError(f"{len(images)} photos but {len(starts)} start caches")
+    if spec.run_batch is None or len(images) < 2:
+        return [invert(models, method, image, preset=preset, seed=seed, callback=callback, cancel=cancel,
+                       autocast=autocast, starts=cache, methods=methods) for image, cache in zip(images, starts)]
+    autocast = use_bf16(models.device) if autocast is None else autocast
+    check_cancel(cancel)
+    requests = [RunRequest(models=models, image=image.to(models.device, torch.float32), preset=preset, seed=seed,
+                           callback=callback, cancel=cancel, autocast=autocast, starts=cache)
+                for image, cache in zip(images, starts)]
+    start = time.perf_counter()
+    results = spec.run_batch(requests)
+    share = (time.perf_counter() - start) / len(images)
+    return [_recorded(replace(r, info={**r.info, "batch": len(images)}), method, preset, seed, autocast, share)
+            for r in results]
 
 
 @torch.no_grad()

@@ -62,10 +62,19 @@ class StartCache:
     def add(self, models: "ModelSet", kind: str, image: torch.Tensor, w_plus: torch.Tensor,
             drawn: Optional[torch.Tensor] = None) -> None:
         """Store codes (and their synthesis) computed elsewhere, e.g. by one batched encoder pass over several
-        faces, so the methods of a run over ``image`` use them instead of encoding it again."""
+        faces, so the methods of a run over ``image`` use them instead of encoding it again. Codes already
+        stored are kept; a synthesis is added to stored codes that have none."""
         with self._lock:
-            if self._find(models, kind, image) is None:
+            found = self._find(models, kind, image)
+            if found is None:
                 self._entries.append((self._owner(models), kind, image.detach().clone(), w_plus, drawn))
+            elif drawn is not None and self._entries[found][4] is None:
+                self._entries[found] = (*self._entries[found][:4], drawn)
+
+    def has(self, models: "ModelSet", kind: str, image: torch.Tensor) -> bool:
+        """Whether ``kind``'s codes for ``image`` are stored."""
+        with self._lock:
+            return self._find(models, kind, image) is not None
 
     def try_codes(self, models: "ModelSet", kind: str, image: torch.Tensor) -> Optional[torch.Tensor]:
         """:meth:`codes`, or ``None`` when that encoder's weights are missing or unreadable."""
@@ -85,3 +94,19 @@ class StartCache:
                 drawn = models.generator().synthesis(codes)
                 self._entries[i] = (owner, k, photo, codes, drawn)
         return Inversion(method=kind, w_plus=w_plus, image=drawn)
+
+
+@torch.no_grad()
+def fill_starts(models: "ModelSet", kind: str, pairs: "list[tuple[torch.Tensor, StartCache]]") -> None:
+    """One batched ``kind`` encoder pass over the photos (``(image, its cache)`` pairs) whose codes are not stored
+    yet, each photo's codes stored in its own cache (batch jobs: N photos, one encoder forward). Raises what
+    ``models.encoder`` raises when the encoder is missing."""
+    missing = [(image, cache) for image, cache in pairs if not cache.has(models, kind, image)]
+    if not missing:
+        return
+    bundle = models.encoder(kind)
+    images = torch.cat([image for image, _ in missing])
+    w_plus = bundle.encode(encoder_input(images, int(bundle.opts.get("input_size", 256))))
+    for (image, cache), codes in zip(missing, w_plus):
+        cache.add(models, kind, image, codes[None])
+        cache.encoder_passes += 1

@@ -87,7 +87,8 @@ def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str]
                    releasable: bool = False,
                    keep_on_device: bool = True,
                    registry: MethodRegistry = METHODS,
-                   starts: Optional[StartCache] = None) -> Iterator[Union[MethodResult, Skipped]]:
+                   starts: Optional[StartCache] = None,
+                   precomputed: Optional[Mapping[str, Inversion]] = None) -> Iterator[Union[MethodResult, Skipped]]:
     """Invert ``image`` (1, 3, S, S) with each method (fast ones first), yielding each result when it is done.
 
     A method whose files are not there yet, or are broken, is yielded as :class:`Skipped` (with the reason) and
@@ -99,6 +100,8 @@ def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str]
     moves the tuned generator to the CPU too (where the device is not the caller's to keep, e.g. ZeroGPU).
     ``starts``: a cache shared with an earlier call for the same photo (the app runs the encoders, then the
     optimizing methods, in two calls; the all-faces mode passes one batched encoder pass over every face).
+    ``precomputed``: method -> an :class:`Inversion` of this photo already made (by a batched run over several
+    photos, :func:`~inversion.methods.invert_batch`); it is evaluated and yielded like a run of its own.
     Cancelling raises :class:`~inversion.result.Cancelled`.
     """
     presets = dict(presets or {})
@@ -119,8 +122,9 @@ def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str]
             if on_progress is not None:
                 on_progress(method, step, total, metrics)
         try:
-            inv = invert(guarded, method, image, preset=preset, seed=seed, callback=callback, cancel=cancel,
-                         starts=starts, methods=registry)
+            inv = (precomputed or {}).get(method) or invert(
+                guarded, method, image, preset=preset, seed=seed, callback=callback, cancel=cancel, starts=starts,
+                methods=registry)
         except CheckpointMissingError as err:
             yield Skipped(method, f"{spec.label} cannot run yet: {err}")
             continue
