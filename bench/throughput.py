@@ -9,10 +9,11 @@ Writes ``<out>.json`` and ``<out>.md``. What is timed, per method:
 - encoders (e4e, pSp): ``batch 1`` = ``inversion.methods.invert`` per photo (the CLI's path: encode + synthesis);
   ``batched`` = :func:`inversion.batching.encode_batch` over the photos in chunks of ``--batch`` (one encoder
   forward + one synthesis per chunk).
-- W / W+ / PTI: whole runs are too long for a benchmark budget, so ``--steps`` steps are timed (early stop off, e4e
-  start, the app's learning rate) and scaled to the preset's step count: an upper bound per photo (a run that
-  stops early is cheaper). ``batch 1`` = ``optimize_latent`` / ``pivotal_tuning`` per photo; ``batched`` = the
-  batched W/W+ API (``inversion.batch.optimize_batch``) when this tree has it, else the row says "n/a".
+- W / W+ / PTI: the preset's steps on CUDA (``--steps K``: K steps timed and scaled to the preset's count, the CPU
+  default), early stop off, from the e4e start (its encoder pass timed too), the app's learning rate: an upper
+  bound per photo (a run that stops early is cheaper). ``batch 1`` = ``optimize_latent`` / ``pivotal_tuning`` per
+  photo (the app's path); ``batched`` = ``inversion.batch.optimize_batch`` over chunks of ``--batch`` (W/W+; the
+  CLI's path) or, for PTI, the chunk's pivots in one encoder pass and the tuning photo by photo.
 - ``--ranks N``: N processes started with ``torch.multiprocessing`` exactly as torchrun would (env
   ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, :mod:`inversion.distributed`: gloo on the CPU, NCCL + one GPU per process
   on CUDA), each doing its :func:`~inversion.distributed.shard` of the photos batch 1; the wall time from the
@@ -108,51 +109,58 @@ def _preset_steps(method: str, preset: str) -> int:
 
 def optimization_rows(models, lpips, method: str, preset: str, images: torch.Tensor, batch: int, steps: int,
                       device: torch.device, ones: int) -> list[dict]:
-    """W/W+/PTI: ``steps`` timed steps per photo from the e4e start, scaled to the preset's steps."""
+    """W/W+/PTI from the e4e start (its encoder pass included in the time), ``steps`` per photo (0: the preset's
+    own count, else scaled to it), early stop off (an upper bound per photo). Batch 1 = the app's one-photo path
+    (``optimize_latent`` / ``pivotal_tuning``); batched = ``optimize_batch`` (W/W+) or the pivots in one encoder
+    pass and the tuning photo by photo (PTI). A short warm-up run first (CUDA graph capture, compilation)."""
     from inversion import optimize
+    from inversion.batch import optimize_batch
     from inversion.batching import encode_batch
     from inversion.methods import APP_PRESETS, use_bf16
     from inversion.pti import pivotal_tuning
 
     g = models.generator()
     autocast = use_bf16(device)
-    starts = torch.cat([inv.w_plus for inv in encode_batch(models, "e4e", images)])
     lr = APP_PRESETS[(method, preset)].get("lr", 0.01)
     total = _preset_steps(method, preset)
+    run_steps = steps or total
     n = images.shape[0]
-    scale = total / steps
-    label = f"{steps} steps timed, scaled to {total} (no early stop: upper bound)"
+    scale = total / run_steps
+    label = (f"{run_steps} steps timed, scaled to {total}" if steps else f"{total} steps") + \
+        " (no early stop: upper bound), e4e start encoded in the time"
 
-    def one(i: int) -> None:
+    def starts_of(chunk: torch.Tensor) -> torch.Tensor:
+        return torch.cat([inv.w_plus for inv in encode_batch(models, "e4e", chunk)])
+
+    def one(i: int, k: int) -> None:
+        start = starts_of(images[i:i + 1])
         if method == "pti":
-            pivotal_tuning(g, images[i:i + 1], lpips=lpips, pivot=starts[i:i + 1], tune_steps=steps,
-                           lpips_threshold=-1.0, autocast=autocast)
+            pivotal_tuning(g, images[i:i + 1], lpips=lpips, pivot=start, tune_steps=k, lpips_threshold=-1.0,
+                           autocast=autocast)
         else:
-            optimize.optimize_latent(g, images[i:i + 1], lpips=lpips, space=method, steps=steps, lr=lr,
-                                     init=starts[i:i + 1], early_stop=False, autocast=autocast)
-    one(0)  # warm-up
-    single = _clock(device, lambda: [one(i) for i in range(ones)])
+            optimize.optimize_latent(g, images[i:i + 1], lpips=lpips, space=method, steps=k, lr=lr, init=start,
+                                     early_stop=False, autocast=autocast)
+
+    def many(i: int, k: int) -> dict:
+        chunk = images[i:i + batch]
+        start = starts_of(chunk)
+        if method == "pti":  # pivots together, tuning one after another
+            for j in range(chunk.shape[0]):
+                pivotal_tuning(g, chunk[j:j + 1], lpips=lpips, pivot=start[j:j + 1], tune_steps=k,
+                               lpips_threshold=-1.0, autocast=autocast)
+            return {}
+        out = optimize_batch(g, chunk, lpips=lpips, space=method, steps=k, lr=lr, init=start, early_stop=False,
+                             autocast=autocast)
+        return out[0].info.get("step", {})
+
+    one(0, min(run_steps, 10))  # warm-up
+    single = _clock(device, lambda: [one(i, run_steps) for i in range(ones)])
     rows = [_row(method, "batch 1", 1, ones, single * scale, label, preset=preset)]
-    from inversion import batch as batching_api
-
-    batched_api = getattr(batching_api, "optimize_batch", None)
-    if method == "pti" or batched_api is None:
-        rows.append({"method": method, "mode": "batched", "batch": batch, "preset": preset, "photos_per_hour": None,
-                     "how": "n/a: no batched API for this method in this tree"})
-        return rows
-
-    def many(i: int) -> None:
-        batched_api(g, images[i:i + batch], lpips=lpips, space=method, steps=steps, lr=lr,
-                    init=starts[i:i + batch], early_stop=False, autocast=autocast)
-    try:
-        many(0)
-    except TypeError as err:  # the batched API takes other arguments than this bench passes
-        rows.append({"method": method, "mode": "batched", "batch": batch, "preset": preset, "photos_per_hour": None,
-                     "how": f"n/a: optimize_batch did not accept this bench's arguments ({err})"})
-        return rows
-    batched = _clock(device, lambda: [many(i) for i in range(0, n, batch)])
-    rows.append(_row(method, "batched", batch, n, batched * scale, f"optimize_batch, chunks of {batch}; " + label,
-                     preset=preset))
+    step = many(0, min(run_steps, 10))  # warm-up (and compilation)
+    batched = _clock(device, lambda: [many(i, run_steps) for i in range(0, n, batch)])
+    how = ("e4e pivots in one pass per chunk, tuning photo by photo" if method == "pti" else
+           f"optimize_batch {step}") + f", chunks of {batch}; " + label
+    rows.append(_row(method, "batched", batch, n, batched * scale, how, preset=preset))
     return rows
 
 
@@ -244,7 +252,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--photos", type=int, default=None, help="photos per measurement (default 16 CUDA, 4 CPU)")
     p.add_argument("--ones", type=int, default=None, help="photos timed one at a time (default: min(4, --photos))")
     p.add_argument("--batch", type=int, default=None, help="batched chunk size (default = --photos)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per optimization (default 30 CUDA, 3 CPU)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per optimization, scaled to the preset (default: 0 = the preset's own on CUDA, "
+                        "3 on the CPU)")
     p.add_argument("--ranks", type=int, default=0, help="also N processes (torch.distributed), batch 1")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default 1 on the CPU: a shared machine slows 2 threads far more than 1)")
@@ -259,14 +269,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     n = args.photos or (16 if cuda else 4)
     batch = args.batch or n
     ones = min(args.ones or 4, n)
-    steps = args.steps or (30 if cuda else 3)
+    steps = args.steps if args.steps is not None else (0 if cuda else 3)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     result: dict[str, Any] = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": common.machine_info(device),
         "family": family, "preset": preset, "photos": n, "batch": batch, "steps": steps, "rows": [], "errors": [],
         "threads": threads, "note": (f"{'Seeded random FFHQ-1024-architecture weights' if family == 'random1024' else 'Built-in 128 px set'}"
-                 f" on {device}; {ones} photos timed one at a time, {n} batched; optimization rows time {steps} steps and scale to the"
-                 f" preset (upper bound, no early stop)." + ("" if cuda else " Shared 2-core CPU: upper bounds."))}
+                 f" on {device}; {ones} photos timed one at a time, {n} batched; optimization rows run "
+                 f"{f'{steps} steps scaled to' if steps else 'all the steps of'} the preset (upper bound, no early stop)." + ("" if cuda else " Shared 2-core CPU: upper bounds."))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
