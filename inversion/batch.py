@@ -25,7 +25,7 @@ import torch
 from inversion.lpips import LPIPS, downsample_256
 from inversion.optimize import LR_RAMPUP, _start_code, lr_ramp, resolve_recipe, w_statistics
 from inversion.recipes import OptimizeRecipe
-from inversion.result import Inversion, ProgressCallback, check_cancel
+from inversion.result import Cancelled, Inversion, ProgressCallback, check_cancel
 from inversion.stepper import CapturedStep, adam, graph_default, run_steps
 from inversion.stylegan2 import Generator
 
@@ -169,17 +169,6 @@ def optimize_batch(G: Generator, targets: torch.Tensor, *, lpips: Optional[LPIPS
                            (best_step, -1), (run_best, math.inf), (hist, 0)):
                 x.fill_(val)
 
-    graph = graph_default(dev, compile)
-    try:
-        step = CapturedStep(body, graph=graph, gate=gate, reset=reset)
-    except Exception:  # noqa: BLE001 - a compiler failure must not cost the run: the same step, not fused
-        if not fuse:
-            raise
-        fuse, forward = False, synthesize
-        torch.cuda.synchronize(dev)
-        reset()
-        step = CapturedStep(body, graph=graph, gate=gate, reset=reset)
-
     def drain(a: int, b: int) -> bool:
         if callback is not None:  # the batch's mean losses over the photos still running, one call per step
             rows = log[a:b].tolist()
@@ -192,8 +181,26 @@ def optimize_batch(G: Generator, targets: torch.Tensor, *, lpips: Optional[LPIPS
         check_cancel(cancel)
         return bool(done.all())
 
-    ran = run_steps(step, steps, every=max(1, check_every), drain=drain, cancel=cancel)
-    step.release()
+    graph = graph_default(dev, compile)
+
+    def run() -> int:
+        step = CapturedStep(body, graph=graph, gate=gate, reset=reset)
+        try:
+            return run_steps(step, steps, every=max(1, check_every), drain=drain, cancel=cancel)
+        finally:
+            step.release()
+    try:
+        ran = run()
+    except Cancelled:
+        raise
+    except Exception:  # noqa: BLE001 - a compiler failure must not cost the run: the same steps, not fused
+        if not fuse:
+            raise
+        fuse, forward = False, synthesize
+        if on_gpu:
+            torch.cuda.synchronize(dev)
+        reset()
+        ran = run()
     del opt
     code.grad = None
     runs = stop_at.clamp_max(ran).tolist()

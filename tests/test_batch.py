@@ -45,3 +45,26 @@ def test_batch_rejects_what_it_cannot_do_alike() -> None:
         optimize_batch(G, x, lpips=None, steps=2, latent_noise=0.05)
     with pytest.raises(ValueError, match="targets"):
         optimize_batch(G, x[:, :, :8], lpips=None, steps=2)
+
+
+def test_a_failing_compiler_falls_back_to_the_same_steps_unfused(monkeypatch) -> None:
+    """``fuse`` asks torch.compile for the synthesis; when compiling fails the batch runs the plain step instead
+    (same numbers as asking for no fusion) and says so in ``info["step"]``."""
+    G = small_generator()
+    g = torch.Generator().manual_seed(5)
+    targets = G.synthesis(G.mapping(torch.randn(2, G.style_dim, generator=g))[:, None].expand(2, G.n_latent, -1))
+    calls = []
+
+    def broken_compile(fn, **kwargs):
+        def compiled(*args, **kw):
+            calls.append(1)
+            raise RuntimeError("no working compiler (simulated)")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    kw = dict(lpips=None, space="w+", steps=4, lr=0.05)
+    fell_back = optimize_batch(G, targets, fuse=True, **kw)
+    plain = optimize_batch(G, targets, fuse=False, **kw)
+    assert calls and [r.info["step"]["fused"] for r in fell_back] == [False, False]
+    for a, b in zip(fell_back, plain):
+        assert torch.equal(a.w_plus, b.w_plus) and a.losses == b.losses
