@@ -114,7 +114,7 @@ def optimization_rows(models, lpips, method: str, preset: str, images: torch.Ten
     (``optimize_latent`` / ``pivotal_tuning``); batched = ``optimize_batch`` (W/W+) or the pivots in one encoder
     pass and the tuning photo by photo (PTI). A short warm-up run first (CUDA graph capture, compilation)."""
     from inversion import optimize
-    from inversion.batch import optimize_batch
+    from inversion.batch import optimize_batch, triton_available
     from inversion.batching import encode_batch
     from inversion.methods import APP_PRESETS, use_bf16
     from inversion.pti import pivotal_tuning
@@ -150,7 +150,7 @@ def optimization_rows(models, lpips, method: str, preset: str, images: torch.Ten
                                lpips_threshold=-1.0, autocast=autocast)
             return {}
         out = optimize_batch(g, chunk, lpips=lpips, space=method, steps=k, lr=lr, init=start, early_stop=False,
-                             autocast=autocast)
+                             autocast=autocast, fuse=device.type == "cuda" and triton_available())  # as the CLI
         return out[0].info.get("step", {})
 
     one(0, min(run_steps, 10))  # warm-up

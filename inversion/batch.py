@@ -70,18 +70,20 @@ def optimize_batch(G: Generator, targets: torch.Tensor, *, lpips: Optional[LPIPS
                    init: Optional[torch.Tensor] = None, seed: int = 0,
                    cancel: Optional[threading.Event] = None, autocast: bool = False,
                    compile: Optional[bool] = None, check_every: int = 10, synthesis_mode: Optional[str] = None,
-                   fold_blur: Optional[bool] = None, fuse: Optional[bool] = None,
+                   fold_blur: Optional[bool] = None, fuse: bool = False,
                    callback: Optional[ProgressCallback] = None, **overrides: Any) -> list[Inversion]:
     """Invert ``targets`` ``(B, 3, S, S)`` in [-1, 1]; returns one :class:`Inversion` per photo, each as
     ``optimize_latent`` would return it alone (``init``: ``None`` = mean w for all, or ``(B, n_latent, D)`` /
     ``(B, D)`` start codes).
 
     How the step runs (all exact reformulations; defaults from ``bench/results/batch_variants_*``, H200, 1024 px,
-    bf16, B=16: 10.3 ms per photo-step as the single run computes it, 4.5 ms with all three): ``synthesis_mode``
+    bf16, B=16: 10.3 ms per photo-step as the single run computes it, 4.5 ms with all three; the CLI asks for
+    ``fuse`` in long jobs): ``synthesis_mode``
     (default ``"scaled"`` on CUDA: shared-weight convolutions; the generator's ``"auto"`` elsewhere),
     ``fold_blur`` (default on CUDA: upsampling as one stride-1 convolution over four phases, no depthwise blur) and
-    ``fuse`` (default on CUDA when Triton is importable: ``torch.compile`` of the synthesis, which fuses its
-    elementwise passes; compiled once per shape, falls back to the plain step if compiling fails).
+    ``fuse`` (``torch.compile`` of the synthesis, which fuses its elementwise passes; on CUDA it needs Triton,
+    :func:`triton_available`; compiled once per process and shape, about a minute on an H200, so worth it for long
+    jobs; falls back to the plain step if compiling fails).
     ``info["step"]`` records the choices that ran. ``callback(step, total, metrics)``: the mean ``loss`` / ``mse`` /
     ``lpips`` of the photos still running (``running``: how many) per step, up to ``check_every`` steps late."""
     started = time.perf_counter()
@@ -124,7 +126,7 @@ def optimize_batch(G: Generator, targets: torch.Tensor, *, lpips: Optional[LPIPS
     on_gpu = dev.type == "cuda"
     mode = synthesis_mode or ("scaled" if on_gpu else "auto")
     fold = on_gpu if fold_blur is None else bool(fold_blur)
-    fuse = (on_gpu and triton_available()) if fuse is None else bool(fuse)
+    fuse = bool(fuse)
 
     def synthesize(c: torch.Tensor) -> torch.Tensor:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast, cache_enabled=False):

@@ -36,6 +36,7 @@ steps (no early stop, as in PTI), stage 2 continues the count and may end early 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import threading
 import time
@@ -111,6 +112,7 @@ def pivotal_tuning(
     autocast: bool = False,
     compile: Optional[bool] = None,
     check_every: int = 10,
+    fuse: bool = False,
 ) -> Inversion:
     """PTI of ``target`` ``(1, 3, S, S)`` in [-1, 1]; see the module docstring for the two stages.
 
@@ -118,7 +120,10 @@ def pivotal_tuning(
     threshold then never triggers; ``info["note"]`` says so). The recipe is ``recipe`` or the preset's;
     arguments left ``None`` come from it. ``lpips_threshold=0`` disables the early stop. ``cancel`` raises
     :class:`Cancelled` within ``check_every`` steps of either stage; nothing is kept then. ``locality``
-    runs eagerly (its random codes are drawn on the host each step).
+    runs eagerly (its random codes are drawn on the host each step). ``fuse`` (graphed runs only; for batch jobs):
+    the tuning step's synthesis through ``torch.compile`` with the upsampling FIR folded in (exact reformulations;
+    compiled once per process, then shared by every photo's tuned copy; falls back to the plain step if compiling
+    fails; ``info["fused"]`` says which ran).
 
     Returns ``Inversion(method="pti")`` with ``generator`` the tuned copy (eval mode, no gradients),
     ``w_plus`` the pivot ``(1, n_latent, D)``, ``image`` the tuned reconstruction, ``losses`` the stage-1
@@ -176,10 +181,11 @@ def pivotal_tuning(
         w_avg = w_statistics(G, pr.w_avg_samples, generator=rng)[0]
         loc = dict(rng=rng, w_avg=w_avg, every=locality_every, n=locality_samples, alpha=locality_alpha,
                    weight=locality_weight)
-    tuner = _Tuner(G, tuned, params, code, criterion, recipe, lpips=lpips, autocast=autocast, locality=loc)
+    tuner = _Tuner(G, tuned, params, code, criterion, recipe, lpips=lpips, autocast=autocast, locality=loc,
+                   fuse=fuse and graph)
     losses = tuner.run(graph=graph, offset=offset, total=total, callback=callback, cancel=cancel,
                        every=max(1, int(check_every)) if graph else 1)  # eager: Stop within one step
-    hit_threshold = tuner.hit
+    hit_threshold, tuner_fused = tuner.hit, tuner.fused
 
     # ---- release the optimizer state, gradients and the graph; freeze the copy
     del tuner
@@ -193,7 +199,7 @@ def pivotal_tuning(
         "pivot_given": pivot is not None, "pivot_steps_run": len(pivot_losses), "tune_steps": recipe.tune_steps,
         "tune_steps_run": len(losses), "hit_lpips_threshold": hit_threshold,
         "lpips_threshold": recipe.lpips_threshold, "locality": locality, "recipe": recipe.to_dict(),
-        "compiled": graph,
+        "compiled": graph, "fused": tuner_fused,
         **{f"pivot_{k}": float(v) for k, v in pivot_terms.items()},
         **{k: float(v) for k, v in terms.items()},
     }
@@ -208,8 +214,10 @@ class _Tuner:
 
     def __init__(self, G: Generator, tuned: Generator, params: list[torch.Tensor], code: torch.Tensor,
                  criterion: ReconstructionLoss, recipe: PTIRecipe, *, lpips: Optional[LPIPS], autocast: bool,
-                 locality: Optional[dict[str, Any]]) -> None:
+                 locality: Optional[dict[str, Any]], fuse: bool = False) -> None:
         self.G, self.tuned, self.params, self.code, self.criterion = G, tuned, params, code, criterion
+        self.fused = fuse
+        self.forward = _fused_synthesis() if fuse else _synthesize
         self.recipe, self.lpips, self.autocast, self.locality = recipe, lpips, autocast, locality
         dev = code.device
         f32 = dict(device=dev, dtype=torch.float32)
@@ -228,7 +236,7 @@ class _Tuner:
     def body(self) -> None:
         r, i = self.recipe, self.i
         with torch.autocast(self.code.device.type, dtype=torch.bfloat16, enabled=self.autocast, cache_enabled=False):
-            loss, terms = self.criterion(_synthesize(self.tuned, self.code, autocast=self.autocast))
+            loss, terms = self.criterion(self.forward(self.tuned, self.code, autocast=self.autocast))
         if self.use_threshold:  # PTI stops before the update once LPIPS <= threshold
             newly = (terms["lpips"].detach().float() <= r.lpips_threshold) & (self.done == 0)
             self.stop_at.copy_(torch.where(newly, i, self.stop_at))
@@ -270,7 +278,15 @@ class _Tuner:
         if n == 0:
             return losses
         self.saved = [q.detach().clone() for q in self.params] if graph else []
-        step = CapturedStep(self.body, graph=graph, gate=self.gate, reset=self._reset, warmup=2)
+        try:
+            step = CapturedStep(self.body, graph=graph, gate=self.gate, reset=self._reset, warmup=2)
+        except Exception:  # noqa: BLE001 - a compiler failure must not cost the run: the same step, not fused
+            if not self.fused:
+                raise
+            self.fused, self.forward = False, _synthesize
+            torch.cuda.synchronize(self.code.device)
+            self._reset()
+            step = CapturedStep(self.body, graph=graph, gate=self.gate, reset=self._reset, warmup=2)
         self.saved = []
 
         def drain(a: int, b: int) -> bool:
@@ -301,6 +317,19 @@ def _synthesize(gen: Generator, ws: torch.Tensor, *, autocast: bool) -> torch.Te
     """``gen.synthesis(ws)`` with the stored noise, optionally under bf16 autocast; returns ``ws``'s dtype."""
     with torch.autocast(ws.device.type, dtype=torch.bfloat16, enabled=autocast):
         return gen.synthesis(ws).to(ws.dtype)
+
+
+def _synthesize_folded(gen: Generator, ws: torch.Tensor, *, autocast: bool) -> torch.Tensor:
+    """:func:`_synthesize` with the upsampling FIR folded into four-phase convolutions (exact; the fused form)."""
+    with torch.autocast(ws.device.type, dtype=torch.bfloat16, enabled=autocast):
+        return gen.synthesis(ws, fold_blur=True).to(ws.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_synthesis():
+    """``torch.compile`` of :func:`_synthesize_folded`, made once per process (a compile cache, like a JIT's):
+    the tuned generators of later photos are arguments of the same compiled function."""
+    return torch.compile(_synthesize_folded, dynamic=False)
 
 
 def _locality_loss(G: Generator, tuned: Generator, ws: torch.Tensor, lpips: Optional[LPIPS], *,

@@ -16,7 +16,7 @@ from PIL import Image
 
 from inversion import cli
 from inversion import methods as M
-from inversion.cli.batched import choose_batch
+from inversion.cli.batched import FUSE_FROM, choose_batch, choose_fuse
 from tiny_models import tiny_model_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,5 +102,6 @@ def test_batch_size_choice_and_bad_values(tmp_path):
     assert choose_batch(0, torch.device("cpu"), 1024, all_faces=False) == 1
     assert choose_batch(5, torch.device("cpu"), 1024, all_faces=False) == 5
     assert choose_batch(5, torch.device("cpu"), 1024, all_faces=True) == 1
+    assert not choose_fuse(torch.device("cpu"), 10 * FUSE_FROM)  # compiling is for long CUDA jobs only
     rc, _, stderr = run([ROOT / "examples", "--out", tmp_path, "--batch", "-2"])
     assert rc == 2 and "--batch must be 0 (automatic) or more" in stderr

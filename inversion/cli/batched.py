@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from inversion.batch import batch_size_for
+from inversion.batch import batch_size_for, triton_available
 from inversion.checkpoints import CheckpointError
 from inversion.methods import MethodRegistry, StartCache, invert_batch
 from inversion.methods.starts import fill_starts
@@ -22,6 +22,15 @@ from inversion.session.availability import order_methods
 
 BATCH_LIMIT = 16
 """The largest automatic batch: an H200 measured the same time per photo at 16 and 32 (``bench/results``)."""
+FUSE_FROM = 64
+"""Jobs of at least this many photos (per process) compile their optimization steps on CUDA: about a minute once
+(PTI: 58 s on an H200), then 0.7 s less per PTI photo (3.2 -> 2.5 s, ``bench/results/pti_fused_h200``) and about
+half the time per batched W/W+ step (``bench/results/batch_variants_*``): worth it from some 80 PTI photos."""
+
+
+def choose_fuse(device: torch.device, photos: int) -> bool:
+    """Whether this job compiles its steps: CUDA with Triton, and at least :data:`FUSE_FROM` photos."""
+    return device.type == "cuda" and photos >= FUSE_FROM and triton_available()
 
 
 def choose_batch(asked: int, device: torch.device, size: int, *, all_faces: bool) -> int:
@@ -37,7 +46,7 @@ def choose_batch(asked: int, device: torch.device, size: int, *, all_faces: bool
 def batched_results(models: ModelSet, methods: Sequence[str], images: Sequence[torch.Tensor], *,
                     presets: Mapping[str, str], seed: int, cancel: threading.Event,
                     on_progress: Callable[[str, int, int, Mapping[str, float]], None],
-                    registry: MethodRegistry, on_note: Callable[[str], None]
+                    registry: MethodRegistry, on_note: Callable[[str], None], fuse: bool = False
                     ) -> tuple[list[dict[str, Inversion]], list[StartCache]]:
     """For each photo (``(1, 3, S, S)`` each): the results of the methods run together, and its start cache.
 
@@ -59,7 +68,7 @@ def batched_results(models: ModelSet, methods: Sequence[str], images: Sequence[t
             on_progress(method, step, total, metrics)
         try:
             done = invert_batch(models, method, images, preset=preset, seed=seed, callback=callback, cancel=cancel,
-                                starts=starts, methods=registry)
+                                starts=starts, methods=registry, fuse=fuse)
         except (Cancelled, KeyboardInterrupt):
             raise
         except CheckpointError:

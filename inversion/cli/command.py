@@ -22,7 +22,7 @@ from inversion.cli.inputs import _display, _sha256, collect_inputs, folder_names
 from inversion.cli.loading import (
     FatalError, Loaded, ModelSetFactory, _locate_with_progress, _present_locally, default_model_sets, load_models,
 )
-from inversion.cli.batched import batched_results, choose_batch
+from inversion.cli.batched import batched_results, choose_batch, choose_fuse
 from inversion.cli.photo import (
     FORMAT, PhotoSkipped, _check_cancel, _publish, _read_record, finish_photo, invert_photo, prepare_photo,
 )
@@ -261,6 +261,9 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
         flush()  # the part files exist from the start: rank 0 always finds this rank's share
     batch = choose_batch(args.batch, device, models.family.size, all_faces=bool(args.all_faces))
     mine = list(table.mine)
+    fuse = choose_fuse(device, len(mine))
+    if fuse:
+        reporter.info(f"{len(mine)} photos: the optimization steps are compiled first (about a minute, once)")
     if batch > 1:
         together = [registry[m].label for m in settings["methods"] if registry[m].run_batch is not None]
         reporter.info(f"up to {batch} photos at a time through {', '.join(together) or 'no method'}; "
@@ -321,7 +324,7 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
         flush()
 
     common = dict(settings=settings, edits=args.edit, on_progress=on_progress, registry=registry, cancel=cancel,
-                  on_stage=lambda text: reporter.progress(1.0, text))
+                  on_stage=lambda text: reporter.progress(1.0, text), fuse=fuse)
     try:
         for first in range(0, len(mine), batch):
             group = []  # (index in mine, path, entry, sha256, prepared photo or None = the one-photo path)
@@ -345,7 +348,7 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
                 results, caches = batched_results(
                     models, loaded_now.methods, [S.model_input(g[4].state, models.family.size) for g in group],
                     presets=settings["presets"], seed=settings["seed"], cancel=cancel, on_progress=on_progress,
-                    registry=registry, on_note=lambda text: reporter.line(f"note: {_display(text)}"))
+                    registry=registry, on_note=lambda text: reporter.line(f"note: {_display(text)}"), fuse=fuse)
                 extras = list(zip(results, caches))
             for (k, path, entry, sha, prepared), (done_before, cache) in zip(group, extras):
                 _check_cancel(cancel)

@@ -104,7 +104,7 @@ def prepare_photo(path: Path, *, settings: Mapping[str, Any]) -> PreparedPhoto:
 def invert_photo(models: ModelSet, path: Path, folder: Path, *, settings: Mapping[str, Any], source_sha256: str,
                  edits: Sequence[EditArg], ensure_models: Callable[[], Loaded], on_progress: S.ProgressFn,
                  on_stage: Callable[[str], None], cancel: threading.Event,
-                 registry: MethodRegistry = METHODS) -> dict[str, Any]:
+                 registry: MethodRegistry = METHODS, fuse: bool = False) -> dict[str, Any]:
     """Open, align, invert, edit and paste back one photo with :mod:`inversion.session`; write its files into
     ``folder`` (metrics.json last) and return the metrics.json record.
 
@@ -122,22 +122,24 @@ def invert_photo(models: ModelSet, path: Path, folder: Path, *, settings: Mappin
     _check_cancel(cancel)
     return finish_photo(models, prepared, folder, settings=settings, source_sha256=source_sha256, edits=edits,
                         loaded=ensure_models(), on_progress=on_progress, on_stage=on_stage, cancel=cancel,
-                        registry=registry)
+                        registry=registry, fuse=fuse)
 
 
 def finish_photo(models: ModelSet, prepared: PreparedPhoto, folder: Path, *, settings: Mapping[str, Any],
                  source_sha256: str, edits: Sequence[EditArg], loaded: Loaded, on_progress: S.ProgressFn,
                  on_stage: Callable[[str], None], cancel: threading.Event, registry: MethodRegistry = METHODS,
-                 precomputed: Optional[Mapping[str, Any]] = None, starts: Optional[Any] = None) -> dict[str, Any]:
+                 precomputed: Optional[Mapping[str, Any]] = None, starts: Optional[Any] = None,
+                 fuse: bool = False) -> dict[str, Any]:
     """Invert (methods in ``precomputed``, made by a batched run, are taken from there), edit and paste back a
     prepared photo; write its files into ``folder`` (metrics.json last) and return the record. ``starts``: the
-    photo's encoder codes from the batch (:class:`~inversion.methods.StartCache`)."""
+    photo's encoder codes from the batch (:class:`~inversion.methods.StartCache`); ``fuse``: compile the methods'
+    steps (long jobs)."""
     path, photo, state, warnings = prepared.path, prepared.photo, prepared.state, list(prepared.warnings)
     image = S.model_input(state, models.family.size)
     skipped = dict(loaded.dropped)
     for item in S.run_inversions(models, image, loaded.methods, presets=settings["presets"], seed=settings["seed"],
                                  on_progress=on_progress, cancel=cancel, file_present=S.file_present_from({}),
-                                 registry=registry, precomputed=precomputed, starts=starts):
+                                 registry=registry, precomputed=precomputed, starts=starts, fuse=fuse):
         if isinstance(item, S.Skipped):
             skipped[item.method] = item.reason
         else:

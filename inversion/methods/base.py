@@ -40,6 +40,7 @@ class RunRequest:
     autocast: bool
     starts: "StartCache"
     pti_pivot: str = "auto"
+    fuse: bool = False  # batch jobs: compile the optimization steps (a minute once per process, faster per step)
 
 
 RunFn = Callable[[RunRequest], Inversion]

@@ -80,7 +80,8 @@ def run_optimization_batch(space: str):
         lpips = lpips_or_none(first)
         results = optimize_batch(models.generator(), torch.cat([r.image for r in requests]), space=space,
                                  preset=first.preset, lpips=lpips, seed=first.seed, init=init,
-                                 callback=first.callback, cancel=first.cancel, autocast=first.autocast, **options)
+                                 callback=first.callback, cancel=first.cancel, autocast=first.autocast,
+                                 fuse=first.fuse, **options)
         out = []
         for result in results:
             recipe = {"function": "inversion.batch.optimize_batch", **result.info.get("recipe", {}),

@@ -29,7 +29,7 @@ def invert(models: ModelSet, method: str, image: torch.Tensor, *, preset: str = 
            seed: int = 0, callback: Optional[ProgressCallback] = None,
            cancel: Optional[threading.Event] = None, pti_pivot: str = "auto",
            autocast: Optional[bool] = None, starts: Optional[StartCache] = None,
-           methods: MethodRegistry = METHODS) -> Inversion:
+           methods: MethodRegistry = METHODS, fuse: bool = False) -> Inversion:
     """Run ``method`` on an aligned image (1, 3, S, S) in [-1, 1] on the models' device.
 
     ``preset`` as in :data:`~inversion.methods.presets.APP_PRESETS` (ignored by methods without presets);
@@ -37,6 +37,8 @@ def invert(models: ModelSet, method: str, image: torch.Tensor, *, preset: str = 
     e4e-based starts fall back to the mean w when e4e is absent (``info["start"]`` says which was used).
     ``autocast`` (default: :func:`use_bf16`) runs generator and LPIPS forward passes in bf16; codes and Adam stay
     float32. ``starts``: a :class:`StartCache` shared by the methods of one run (one encoder pass per photo).
+    ``fuse`` (batch jobs on CUDA): the methods that can compile their steps do (``torch.compile``: about a minute
+    once per process, then faster steps; ``bench/results/pti_fused_h200``, ``batch_variants_*``).
     ``info["recipe"]`` records what the method ran with. Raises CheckpointMissingError when a needed file is not
     there yet.
     """
@@ -45,7 +47,8 @@ def invert(models: ModelSet, method: str, image: torch.Tensor, *, preset: str = 
     autocast = use_bf16(models.device) if autocast is None else autocast
     check_cancel(cancel)
     request = RunRequest(models=models, image=image, preset=preset, seed=seed, callback=callback, cancel=cancel,
-                         autocast=autocast, starts=starts if starts is not None else StartCache(), pti_pivot=pti_pivot)
+                         autocast=autocast, starts=starts if starts is not None else StartCache(), pti_pivot=pti_pivot,
+                         fuse=fuse)
     start = time.perf_counter()
     result = spec.run(request)
     return _recorded(result, method, preset, seed, autocast, time.perf_counter() - start)
@@ -77,7 +80,8 @@ def _recorded(result: Inversion, method: str, preset: str, seed: int, autocast: 
 def invert_batch(models: ModelSet, method: str, images: Sequence[torch.Tensor], *, preset: str = "balanced",
                  seed: int = 0, callback: Optional[ProgressCallback] = None,
                  cancel: Optional[threading.Event] = None, autocast: Optional[bool] = None,
-                 starts: Optional[Sequence[StartCache]] = None, methods: MethodRegistry = METHODS) -> list[Inversion]:
+                 starts: Optional[Sequence[StartCache]] = None, methods: MethodRegistry = METHODS,
+                 fuse: bool = False) -> list[Inversion]:
     """:func:`invert` for several aligned photos (each ``(1, 3, S, S)``), together where the method has a batched
     form (``Method.run_batch``: the encoders, W, W+), else one after another. ``starts``: one cache per photo
     (filled by the batch, so later methods reuse its encoder pass). ``seconds`` is the batch's time shared
@@ -88,11 +92,12 @@ def invert_batch(models: ModelSet, method: str, images: Sequence[torch.Tensor], 
         raise ValueError(f"{len(images)} photos but {len(starts)} start caches")
     if spec.run_batch is None or len(images) < 2:
         return [invert(models, method, image, preset=preset, seed=seed, callback=callback, cancel=cancel,
-                       autocast=autocast, starts=cache, methods=methods) for image, cache in zip(images, starts)]
+                       autocast=autocast, starts=cache, methods=methods, fuse=fuse)
+                for image, cache in zip(images, starts)]
     autocast = use_bf16(models.device) if autocast is None else autocast
     check_cancel(cancel)
     requests = [RunRequest(models=models, image=image.to(models.device, torch.float32), preset=preset, seed=seed,
-                           callback=callback, cancel=cancel, autocast=autocast, starts=cache)
+                           callback=callback, cancel=cancel, autocast=autocast, starts=cache, fuse=fuse)
                 for image, cache in zip(images, starts)]
     start = time.perf_counter()
     results = spec.run_batch(requests)

@@ -23,7 +23,7 @@ def run_pti(request: RunRequest) -> Inversion:
     lpips = lpips_or_none(request)
     result = pti.pivotal_tuning(models.generator(), image, pivot=e4e, preset=request.preset, lpips=lpips,
                                 seed=request.seed, callback=request.callback, cancel=request.cancel,
-                                autocast=request.autocast, **options)
+                                autocast=request.autocast, fuse=request.fuse, **options)
     recipe = {"function": "inversion.pti.pivotal_tuning", **result.info.get("recipe", {}), "app_options": options,
               "pivot": "e4e" if e4e is not None else "w"}
     info = run_info(recipe, start="e4e" if e4e is not None else "mean", lpips=lpips)

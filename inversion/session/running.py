@@ -88,7 +88,8 @@ def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str]
                    keep_on_device: bool = True,
                    registry: MethodRegistry = METHODS,
                    starts: Optional[StartCache] = None,
-                   precomputed: Optional[Mapping[str, Inversion]] = None) -> Iterator[Union[MethodResult, Skipped]]:
+                   precomputed: Optional[Mapping[str, Inversion]] = None,
+                   fuse: bool = False) -> Iterator[Union[MethodResult, Skipped]]:
     """Invert ``image`` (1, 3, S, S) with each method (fast ones first), yielding each result when it is done.
 
     A method whose files are not there yet, or are broken, is yielded as :class:`Skipped` (with the reason) and
@@ -102,6 +103,7 @@ def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str]
     optimizing methods, in two calls; the all-faces mode passes one batched encoder pass over every face).
     ``precomputed``: method -> an :class:`Inversion` of this photo already made (by a batched run over several
     photos, :func:`~inversion.methods.invert_batch`); it is evaluated and yielded like a run of its own.
+    ``fuse``: compile the methods' steps (batch jobs; :func:`~inversion.methods.invert`).
     Cancelling raises :class:`~inversion.result.Cancelled`.
     """
     presets = dict(presets or {})
@@ -124,7 +126,7 @@ def run_inversions(models: ModelSet, image: torch.Tensor, methods: Sequence[str]
         try:
             inv = (precomputed or {}).get(method) or invert(
                 guarded, method, image, preset=preset, seed=seed, callback=callback, cancel=cancel, starts=starts,
-                methods=registry)
+                methods=registry, fuse=fuse)
         except CheckpointMissingError as err:
             yield Skipped(method, f"{spec.label} cannot run yet: {err}")
             continue
