@@ -179,14 +179,15 @@ def check_target(G: Generator, target: torch.Tensor) -> None:
 
 
 def _start_code(G: Generator, init: Union[torch.Tensor, Inversion], space: str,
-                device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The starting code: ``(1, 1, D)`` for W, ``(1, n_latent, D)`` for W+."""
+                device: torch.device, dtype: torch.dtype, *, name: str = "init") -> torch.Tensor:
+    """The starting code: ``(1, 1, D)`` for W, ``(1, n_latent, D)`` for W+ (``name``: the argument's name in the
+    error message)."""
     code = init.w_plus if isinstance(init, Inversion) else init
     code = code.detach().to(device=device, dtype=dtype)
     if code.dim() == 2:
         code = code[:, None]
     if code.dim() != 3 or code.shape[0] != 1 or code.shape[2] != G.style_dim or code.shape[1] not in (1, G.n_latent):
-        raise ValueError(f"init must be a w (1, {G.style_dim}) or a W+ code (1, {G.n_latent}, {G.style_dim}), "
+        raise ValueError(f"{name} must be a w (1, {G.style_dim}) or a W+ code (1, {G.n_latent}, {G.style_dim}), "
                          f"got {tuple(code.shape)}")
     if space == "w":
         return code.mean(dim=1, keepdim=True).clone()

@@ -45,7 +45,7 @@ from typing import Any, Optional, Union
 import torch
 
 from inversion.lpips import LPIPS, downsample_256
-from inversion.optimize import ReconstructionLoss, check_target, optimize_latent, w_statistics
+from inversion.optimize import ReconstructionLoss, _start_code, check_target, optimize_latent, w_statistics
 from inversion.recipes import PRESET_NAMES, RECIPES, PTIRecipe
 from inversion.result import Inversion, ProgressCallback, check_cancel
 from inversion.stepper import CapturedStep, adam, graph_default, run_steps
@@ -75,14 +75,7 @@ def _pivot_code(G: Generator, pivot: Union[torch.Tensor, Inversion], device: tor
     if isinstance(pivot, Inversion):
         if pivot.generator is not None:
             raise ValueError("the pivot comes from a tuned generator (PTI); give a pivot of the shared generator")
-        pivot = pivot.w_plus
-    code = pivot.detach().to(device=device, dtype=dtype)
-    if code.dim() == 2:
-        code = code[:, None]
-    if code.dim() != 3 or code.shape[0] != 1 or code.shape[2] != G.style_dim or code.shape[1] not in (1, G.n_latent):
-        raise ValueError(f"pivot must be a w (1, {G.style_dim}) or a W+ code (1, {G.n_latent}, {G.style_dim}), "
-                         f"got {tuple(code.shape)}")
-    return code.expand(1, G.n_latent, G.style_dim).clone()
+    return _start_code(G, pivot, "w+", device, dtype, name="pivot")
 
 
 def pivotal_tuning(
