@@ -31,7 +31,9 @@ from inversion.stylegan2 import Generator
 
 __all__ = ["optimize_batch", "batch_size_for", "triton_available"]
 
-PER_PHOTO_MIB_1024 = 1200  # measured peak growth per extra photo of a W+ step at 1024 (bf16 graph ~2 GB at B=1)
+PER_PHOTO_MIB_1024 = 1400
+"""Peak GPU memory per photo of a batched W+ step at 1024 px, with margin: an H200 measured 2.1 GB at B=1 and 21.1 GB
+at B=16 unfused (fused: 15.3 GB), ``bench/results/batch_variants_fold_*``."""
 
 
 def batch_size_for(device: torch.device, size: int, *, limit: int = 32, reserve_mib: int = 2048) -> int:
