@@ -8,8 +8,9 @@ reassociation, which Adam amplifies along the run (``tests/test_batch.py``, CPU:
 within 6e-4 of the largest, final MSE/LPIPS within 2.5 %, codes within 7e-3; on CUDA the batched LPIPS and
 grouped convolutions add their own reassociation). A photo whose stop fired keeps
 its state (its code is held at the value it had when it stopped) while the others go on; the batch ends when all
-have stopped. Not supported in a batch (``ValueError``): noise-map optimization and latent noise (per-photo
-random streams would not equal the single runs'), and the coarse phase. Like the single run, the step is one
+have stopped. Latent noise (PTI's W pivot) is supported: every single run draws the same seeded stream, so one
+draw per step serves the batch. Not supported in a batch (``ValueError``): noise-map optimization and the coarse
+phase. Like the single run, the step is one
 CUDA graph on CUDA (``compile``). :func:`batch_size_for` picks B from free GPU memory.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Optional
 import torch
 
 from inversion.lpips import LPIPS, downsample_256
-from inversion.optimize import LR_RAMPUP, _start_code, lr_ramp, resolve_recipe, w_statistics
+from inversion.optimize import LATENT_NOISE_RAMP, LR_RAMPUP, _start_code, lr_ramp, resolve_recipe, w_statistics
 from inversion.recipes import OptimizeRecipe
 from inversion.result import Cancelled, Inversion, ProgressCallback, check_cancel
 from inversion.stepper import CapturedStep, adam, graph_default, run_steps
@@ -90,16 +91,18 @@ def optimize_batch(G: Generator, targets: torch.Tensor, *, lpips: Optional[LPIPS
     ``lpips`` of the photos still running (``running``: how many) per step, up to ``check_every`` steps late."""
     started = time.perf_counter()
     r = resolve_recipe(space, preset, recipe, overrides)
-    if r.optimize_noise or r.latent_noise > 0 or r.coarse_steps:
-        raise ValueError("a batch supports neither noise maps, latent noise nor a coarse phase")
+    if r.optimize_noise or r.coarse_steps:
+        raise ValueError("a batch supports neither noise maps nor a coarse phase")
     if targets.dim() != 4 or targets.shape[1] != 3 or tuple(targets.shape[2:]) != (G.size, G.size):
         raise ValueError(f"targets must be (B, 3, {G.size}, {G.size}), got {tuple(targets.shape)}")
     ref = G.input.input
     dev, dtype = ref.device, torch.promote_types(ref.dtype, torch.float32)
     B, steps = targets.shape[0], r.steps
     targets = targets.detach().to(dev, dtype)
+    mean, w_std = None, 0.0
+    if init is None or r.latent_noise > 0:  # the same draws as the single run's
+        mean, w_std = w_statistics(G, r.w_avg_samples, generator=torch.Generator().manual_seed(seed))
     if init is None:
-        mean = w_statistics(G, r.w_avg_samples, generator=torch.Generator().manual_seed(seed))[0]
         starts = [_start_code(G, mean, r.space, dev, dtype) for _ in range(B)]
     else:
         starts = [_start_code(G, init[b:b + 1], r.space, dev, dtype) for b in range(B)]
@@ -111,6 +114,13 @@ def optimize_batch(G: Generator, targets: torch.Tensor, *, lpips: Optional[LPIPS
     f32 = dict(device=dev, dtype=torch.float32)
     lr_host = [r.lr * lr_ramp(i / steps, rampup=r.rampup, rampdown=r.rampdown) for i in range(steps)]
     lr_sched, lr, gate = torch.tensor(lr_host, **f32), torch.zeros((), **f32), torch.ones((), **f32)
+    # latent noise: every photo alone draws the same stream (one device generator seeded with ``seed``), so one
+    # draw per step, shared by the batch, gives each photo its single run's noise
+    noise_host = [w_std * r.latent_noise * max(0.0, 1.0 - (k / steps) / LATENT_NOISE_RAMP) ** 2 for k in range(steps)]
+    noisy_steps = sum(1 for x in noise_host if x > 0)
+    noise_sched = torch.tensor(noise_host, **f32).to(dtype)
+    eps = torch.zeros((1, *code.shape[1:]), device=dev, dtype=dtype)
+    dev_rng = torch.Generator(device=dev).manual_seed(seed)
     opt = adam([code], lr)
     i = torch.zeros(1, dtype=torch.long, device=dev)
     log = torch.zeros(steps, 3, B, **f32)
@@ -138,12 +148,14 @@ def optimize_batch(G: Generator, targets: torch.Tensor, *, lpips: Optional[LPIPS
 
     def body() -> None:
         lr.copy_((lr_sched.index_select(0, i) * gate).reshape(()))
+        scale = noise_sched.index_select(0, i)
+        c = code + scale * eps if r.latent_noise > 0 else code
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast, cache_enabled=False):
-            total, mse, lp = _per_photo_losses(forward(code), targets, feats, lpips, r)
+            total, mse, lp = _per_photo_losses(forward(c), targets, feats, lpips, r)
         log.index_copy_(0, i, torch.stack([total, mse, lp]).detach().float()[None])
         t = total.detach()
         live = ~done
-        better = (t < best_loss) & live
+        better = (t < best_loss) & live & (scale == 0)  # a noisy code's loss is not comparable (as alone)
         best.copy_(torch.where(better[:, None, None], code.detach(), best))
         best_step.copy_(torch.where(better, i, best_step))
         best_loss.copy_(torch.where(better, t, best_loss))
@@ -172,6 +184,8 @@ def optimize_batch(G: Generator, targets: torch.Tensor, *, lpips: Optional[LPIPS
             for x, val in ((i, 0), (log, 0), (done, False), (stop_at, steps), (best_loss, math.inf),
                            (best_step, -1), (run_best, math.inf), (hist, 0)):
                 x.fill_(val)
+            eps.zero_()
+        dev_rng.manual_seed(seed)
 
     def drain(a: int, b: int) -> bool:
         if callback is not None:  # the batch's mean losses over the photos still running, one call per step
@@ -187,10 +201,14 @@ def optimize_batch(G: Generator, targets: torch.Tensor, *, lpips: Optional[LPIPS
 
     graph = graph_default(dev, compile)
 
+    def before(j: int) -> None:
+        if r.latent_noise > 0 and j < noisy_steps:
+            eps.normal_(generator=dev_rng)
+
     def run() -> int:
         step = CapturedStep(body, graph=graph, gate=gate, reset=reset)
         try:
-            return run_steps(step, steps, every=max(1, check_every), drain=drain, cancel=cancel)
+            return run_steps(step, steps, every=max(1, check_every), drain=drain, cancel=cancel, before=before)
         finally:
             step.release()
     try:

@@ -51,7 +51,7 @@ from inversion.result import Inversion, ProgressCallback, check_cancel
 from inversion.stepper import CapturedStep, adam, graph_default, run_steps
 from inversion.stylegan2 import Generator
 
-__all__ = ["PRESETS", "PTIRecipe", "locality_codes", "pivotal_tuning"]
+__all__ = ["PRESETS", "PTIRecipe", "batch_pivots", "locality_codes", "pivotal_tuning", "resolve_pti_recipe"]
 
 PRESETS: dict[str, PTIRecipe] = {name: RECIPES[("pti", name)] for name in PRESET_NAMES}
 """The PTI recipes by preset name (the app's)."""
@@ -76,6 +76,38 @@ def _pivot_code(G: Generator, pivot: Union[torch.Tensor, Inversion], device: tor
         if pivot.generator is not None:
             raise ValueError("the pivot comes from a tuned generator (PTI); give a pivot of the shared generator")
     return _start_code(G, pivot, "w+", device, dtype, name="pivot")
+
+
+def resolve_pti_recipe(preset: str = "balanced", recipe: Optional[PTIRecipe] = None, **overrides: Any) -> PTIRecipe:
+    """The recipe a call runs: ``recipe`` (or the preset's), with the non-None ``overrides`` (``pivot_steps``,
+    ``pivot_lr``, ``w_avg_samples`` go to the pivot recipe; ``tune_steps``, ``tune_lr``, ``lpips_threshold``,
+    ``l2_weight``, ``lpips_weight`` to the tuning)."""
+    if recipe is None:
+        if preset not in PRESET_NAMES:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {PRESET_NAMES}")
+        recipe = PRESETS[preset]
+    pivot_keys = {"pivot_steps": "steps", "pivot_lr": "lr", "w_avg_samples": "w_avg_samples"}
+    pr = recipe.pivot_recipe.with_(**{pivot_keys[k]: v for k, v in overrides.items()
+                                      if k in pivot_keys and v is not None})
+    return recipe.with_(pivot_recipe=pr, **{k: v for k, v in overrides.items()
+                                           if k not in pivot_keys and v is not None})
+
+
+def pivot_stage_recipe(recipe: PTIRecipe, lpips: Optional[LPIPS]):
+    """Stage 1's W optimization recipe (MSE instead of LPIPS when no LPIPS network is given)."""
+    pr = recipe.pivot_recipe
+    return pr.with_(mse_weight=pr.mse_weight if lpips else 1.0)
+
+
+def batch_pivots(G: Generator, targets: torch.Tensor, *, lpips: Optional[LPIPS], recipe: PTIRecipe, seed: int = 0,
+                 callback: Optional[ProgressCallback] = None, cancel: Optional[threading.Event] = None,
+                 autocast: bool = False, fuse: bool = False) -> list[Inversion]:
+    """Stage 1 for several photos ``(B, 3, S, S)`` at once (:func:`inversion.batch.optimize_batch`; each photo's
+    pivot equals its single run's within the batch tolerance); give each to :func:`pivotal_tuning` as ``pivot_run``."""
+    from inversion.batch import optimize_batch
+
+    return optimize_batch(G, targets, lpips=lpips, recipe=pivot_stage_recipe(recipe, lpips), seed=seed,
+                          callback=callback, cancel=cancel, autocast=autocast, fuse=fuse)
 
 
 def pivotal_tuning(
@@ -106,6 +138,7 @@ def pivotal_tuning(
     compile: Optional[bool] = None,
     check_every: int = 10,
     fuse: bool = False,
+    pivot_run: Optional[Inversion] = None,
 ) -> Inversion:
     """PTI of ``target`` ``(1, 3, S, S)`` in [-1, 1]; see the module docstring for the two stages.
 
@@ -116,7 +149,8 @@ def pivotal_tuning(
     runs eagerly (its random codes are drawn on the host each step). ``fuse`` (graphed runs only; for batch jobs):
     the tuning step's synthesis through ``torch.compile`` with the upsampling FIR folded in (exact reformulations;
     compiled once per process, then shared by every photo's tuned copy; falls back to the plain step if compiling
-    fails; ``info["fused"]`` says which ran).
+    fails; ``info["fused"]`` says which ran). ``pivot_run``: stage 1 already run for this photo (one result of
+    :func:`batch_pivots`): its codes are the pivot and its losses the stage-1 losses, as if it had run here.
 
     Returns ``Inversion(method="pti")`` with ``generator`` the tuned copy (eval mode, no gradients),
     ``w_plus`` the pivot ``(1, n_latent, D)``, ``image`` the tuned reconstruction, ``losses`` the stage-1
@@ -124,18 +158,15 @@ def pivotal_tuning(
     the pivot's distortion with the shared generator (``pivot_mse``, ``pivot_lpips``; its image is
     ``G.synthesis(w_plus)``), the tuned one's (``mse``, ``lpips``) and ``recipe``.
     """
-    if recipe is None:
-        if preset not in PRESET_NAMES:
-            raise ValueError(f"unknown preset {preset!r}; expected one of {PRESET_NAMES}")
-        recipe = PRESETS[preset]
     if locality_every < 1 or locality_samples < 1:
         raise ValueError(f"locality_every and locality_samples must be >= 1, got {locality_every}, {locality_samples}")
     check_target(G, target)
-    pr = recipe.pivot_recipe.with_(**{k: v for k, v in (("steps", pivot_steps), ("lr", pivot_lr),
-                                                         ("w_avg_samples", w_avg_samples)) if v is not None})
-    recipe = recipe.with_(pivot_recipe=pr, **{k: v for k, v in (
-        ("tune_steps", tune_steps), ("tune_lr", tune_lr), ("lpips_threshold", lpips_threshold),
-        ("l2_weight", l2_weight), ("lpips_weight", lpips_weight)) if v is not None})
+    recipe = resolve_pti_recipe(preset, recipe, pivot_steps=pivot_steps, pivot_lr=pivot_lr,
+                                w_avg_samples=w_avg_samples, tune_steps=tune_steps, tune_lr=tune_lr,
+                                lpips_threshold=lpips_threshold, l2_weight=l2_weight, lpips_weight=lpips_weight)
+    pr = recipe.pivot_recipe
+    if pivot is not None and pivot_run is not None:
+        raise ValueError("give either a pivot or a pivot run, not both")
     started = time.perf_counter()
     ref = G.input.input
     device, dtype = ref.device, torch.promote_types(ref.dtype, torch.float32)
@@ -145,12 +176,14 @@ def pivotal_tuning(
 
     # ---- stage 1: the pivot
     pivot_losses: tuple[float, ...] = ()
-    if pivot is None:
+    if pivot_run is not None:  # stage 1 ran elsewhere (batched over several photos): its codes and losses
+        pivot_losses, code = tuple(pivot_run.losses), _pivot_code(G, pivot_run.w_plus, device, dtype)
+    elif pivot is None:
         def stage1(step: int, _total: int, metrics: dict[str, float]) -> None:
             if callback is not None:
                 callback(step, total, {**metrics, "stage": 1.0, "stage_step": float(step)})
 
-        first = optimize_latent(G, target, lpips=lpips, recipe=pr.with_(mse_weight=pr.mse_weight if lpips else 1.0),
+        first = optimize_latent(G, target, lpips=lpips, recipe=pivot_stage_recipe(recipe, lpips),
                                 seed=seed, callback=stage1, cancel=cancel, autocast=autocast, compile=compile,
                                 check_every=check_every)
         pivot_losses, code = first.losses, first.w_plus

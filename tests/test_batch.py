@@ -42,7 +42,7 @@ def test_batch_rejects_what_it_cannot_do_alike() -> None:
     G = small_generator()
     x = torch.zeros(2, 3, G.size, G.size)
     with pytest.raises(ValueError, match="noise"):
-        optimize_batch(G, x, lpips=None, steps=2, latent_noise=0.05)
+        optimize_batch(G, x, lpips=None, steps=2, optimize_noise=True)
     with pytest.raises(ValueError, match="targets"):
         optimize_batch(G, x[:, :, :8], lpips=None, steps=2)
 
@@ -68,3 +68,23 @@ def test_a_failing_compiler_falls_back_to_the_same_steps_unfused(monkeypatch) ->
     assert calls and [r.info["step"]["fused"] for r in fell_back] == [False, False]
     for a, b in zip(fell_back, plain):
         assert torch.equal(a.w_plus, b.w_plus) and a.losses == b.losses
+
+
+def test_latent_noise_pivots_equal_one_at_a_time() -> None:
+    """PTI's W pivot recipe (latent noise, LPIPS only, from the mean w) batched equals each photo alone: the
+    seeded noise stream is the same for every photo, so one draw per step serves the batch."""
+    from inversion.recipes import PTI_PIVOT
+
+    torch.set_num_threads(1)
+    G, lp = small_generator(), filled_lpips()
+    g = torch.Generator().manual_seed(12)
+    targets = G.synthesis(G.mapping(torch.randn(2, G.style_dim, generator=g))[:, None].expand(2, G.n_latent, -1))
+    recipe = PTI_PIVOT.with_(steps=12, w_avg_samples=500)
+    batch = optimize_batch(G, targets, lpips=lp, recipe=recipe, seed=3)
+    alone = [optimize_latent(G, targets[b:b + 1], lpips=lp, recipe=recipe, seed=3) for b in range(2)]
+    for a, b in zip(alone, batch):
+        assert a.info["returned_step"] == b.info["returned_step"] and len(a.losses) == len(b.losses) == 12
+        assert max(abs(x - y) for x, y in zip(a.losses, b.losses)) <= TOL * max(a.losses)
+        torch.testing.assert_close(b.w_plus, a.w_plus, rtol=0, atol=CODE_TOL)
+    other_seed = optimize_batch(G, targets, lpips=lp, recipe=recipe, seed=4)
+    assert not torch.allclose(other_seed[0].w_plus, batch[0].w_plus)  # the noise is live, and seeded
