@@ -85,8 +85,8 @@ def optimize_batch(G: Generator, targets: torch.Tensor, *, lpips: Optional[LPIPS
     (default ``"scaled"`` on CUDA: shared-weight convolutions; the generator's ``"auto"`` elsewhere),
     ``fold_blur`` (default on CUDA: upsampling as one stride-1 convolution over four phases, no depthwise blur) and
     ``fuse`` (``torch.compile`` of the synthesis, which fuses its elementwise passes; on CUDA it needs Triton,
-    :func:`triton_available`; compiled once per process and shape, about a minute on an H200, so worth it for long
-    jobs; falls back to the plain step if compiling fails).
+    :func:`triton_available`; compiled once per process and shape, which takes about a minute (PTI's step: 58 s on
+    an H200), so worth it for long jobs; falls back to the plain step if compiling fails).
     ``info["step"]`` records the choices that ran. ``callback(step, total, metrics)``: the mean ``loss`` / ``mse`` /
     ``lpips`` of the photos still running (``running``: how many) per step, up to ``check_every`` steps late."""
     started = time.perf_counter()
