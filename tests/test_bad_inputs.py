@@ -41,9 +41,10 @@ MEMORY_BOUND_MB = 200.0
 paths used for the first time, allocator pools, gradio's bookkeeping of ~90 sessions). Measured 69-115 MiB on a
 shared 2-core CPU box."""
 REPEAT_BOUND_MB = 80.0
-"""RSS growth allowed for a second pass over the heaviest inputs: nothing accumulates (repeated passes measured
-within 144-182 MiB of a cold start: allocator noise of +-20 MiB; one leaked 8000x8000 photo would add >= 50 MiB
-per visitor, and the object check above finds any leaked visitor data exactly)."""
+"""RSS growth allowed for a further pass over the heaviest inputs: nothing accumulates. One leaked 8000x8000 photo
+would add >= 50 MiB per visitor on every pass (and the object check finds any leaked visitor data exactly). Some
+one-time growth can land in the first repeat (measured -15 to +91 MiB over one pass on this 2-core box after the
+earlier test files), so two passes run and the smaller growth must stay under the bound: a leak grows both."""
 LEAK_MARKERS = re.compile(r"Traceback|File \"|site-packages|\b[A-Z][A-Za-z]*(Error|Exception)\b|\bat 0x[0-9a-f]+")
 
 
@@ -207,14 +208,18 @@ def test_memory_returns_to_baseline(server):
     big = [o for o in _visitor_objects() if id(o) not in server.preexisting]
     assert not big, [type(o).__name__ for o in big]  # no photo, crop or state of a visitor is left anywhere
     del big
-    for case in (c for c in CASES if c.heavy):
-        call(visitor(server, case.setup, shared=False), case, server.folder)
-    drop_states(server)
-    again = settled_rss_mb()
-    growth, regrowth = after - server.baseline, again - after
+    passes = [after]
+    for _ in range(2):
+        for case in (c for c in CASES if c.heavy):
+            call(visitor(server, case.setup, shared=False), case, server.folder)
+        drop_states(server)
+        passes.append(settled_rss_mb())
+    again = passes[-1]
+    growth = after - server.baseline
+    regrowth = min(b - a for a, b in zip(passes, passes[1:]))
     print(f"\nRSS baseline {server.baseline:.0f} MiB, after the corpus {after:.0f} MiB (+{growth:.0f}, bound "
-          f"{MEMORY_BOUND_MB:.0f}), after the heavy inputs again {again:.0f} MiB ({regrowth:+.0f}, bound "
-          f"{REPEAT_BOUND_MB:.0f})")
+          f"{MEMORY_BOUND_MB:.0f}), after the heavy inputs twice more {passes[1]:.0f}, {again:.0f} MiB (smaller "
+          f"growth {regrowth:+.0f}, bound {REPEAT_BOUND_MB:.0f})")
     report = Path(os.environ.get("STYLEGAN_BAD_INPUTS_REPORT")
                   or Path(tempfile.gettempdir()) / "stylegan2_bad_inputs_report.json")
     report.write_text(json.dumps({"cases": server.results, "rss_baseline_mib": round(server.baseline, 1),
