@@ -10,7 +10,7 @@ import sys
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
+from typing import Any, Mapping, Optional, Sequence, TextIO
 
 import torch
 
@@ -22,10 +22,9 @@ from inversion.cli.inputs import _display, _sha256, collect_inputs, folder_names
 from inversion.cli.loading import (
     FatalError, Loaded, ModelSetFactory, _locate_with_progress, _present_locally, default_model_sets, load_models,
 )
-from inversion.cli.batched import batched_results, choose_batch, choose_fuse
-from inversion.cli.photo import (
-    FORMAT, PhotoSkipped, _check_cancel, _publish, _read_record, finish_photo, invert_photo, prepare_photo,
-)
+from inversion.cli.batched import choose_batch, choose_fuse
+from inversion.cli.loop import PhotoLoop
+from inversion.cli.photo import FORMAT, _read_record
 from inversion.cli.ranks import BatchTable
 from inversion.cli.report import Reporter
 from inversion.methods import METHODS, MethodRegistry
@@ -269,100 +268,12 @@ def _run(args: argparse.Namespace, factory: ModelSetFactory, cancel: threading.E
         reporter.info(f"up to {batch} photos at a time through {', '.join(together) or 'no method'}; "
                       "the other methods and the edits run photo by photo")
 
-    def attempt(path: Path, entry: dict[str, Any], work: Callable[[], Any]) -> Any:
-        """``work()`` for one photo; a photo-level failure marks its entry (skipped/failed) and gives None."""
-        try:
-            return work()
-        except PhotoSkipped as err:
-            entry.update(status="skipped", reason=str(err))
-            reporter.line(f"skip {_display(path)}: {_display(err)}")
-        except (Cancelled, KeyboardInterrupt, FatalError, UsageError):
-            raise
-        except Exception as err:  # noqa: BLE001 - one bad photo must not end the batch
-            entry.update(status="failed", reason=f"{type(err).__name__}: {err}")
-            reporter.line(f"skip {_display(path)}: unexpected error ({type(err).__name__}: {_display(err)})")
-        return None
-
-    def pending(path: Path, entry: dict[str, Any]) -> Optional[str]:
-        """The photo's sha256 when it is still to do; None when it was done before or cannot be read."""
-        try:
-            sha = shas.get(path) or _sha256(path)
-        except OSError as err:
-            entry.update(status="skipped", reason=f"cannot read the file ({err.strerror or err})")
-            reporter.line(f"skip {_display(path)}: {entry['reason']}")
-            return None
-        record = None if args.no_resume else _read_record(out / entry["folder"])
-        if record is not None and record.get("settings") == settings and \
-                record.get("source", {}).get("sha256") == sha:
-            entry.update(status="already done")
-            records[entry["folder"]] = record
-            reporter.info(f"skip {_display(path)}: already done")
-            return None
-        return sha
-
-    def write(path: Path, entry: dict[str, Any], make: Callable[[Path], dict[str, Any]]) -> None:
-        """Make the photo's files in staging, move them into place, and record it as done."""
-        final, staging = out / entry["folder"], table.staging() / entry["folder"]
-        shutil.rmtree(staging, ignore_errors=True)
-
-        def work() -> dict[str, Any]:
-            made = make(staging)
-            _publish(staging, final)
-            return made
-        try:
-            record = attempt(path, entry, work)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        if record is None:
-            return
-        entry.update(status="done")
-        records[entry["folder"]] = record
-        for note in record["warnings"]:
-            reporter.line(f"note {_display(path)}: {_display(note)}")
-        took = sum(float(m["metrics"]["seconds"] or 0) for m in record["methods"].values())
-        reporter.info(f"done {_display(path)} -> {_display(final)} ({took:.1f} s)", stream=reporter.out)
-        flush()
-
-    common = dict(settings=settings, edits=args.edit, on_progress=on_progress, registry=registry, cancel=cancel,
-                  on_stage=lambda text: reporter.progress(1.0, text), fuse=fuse)
+    loop = PhotoLoop(out=out, files=files, entries=entries, records=records, shas=shas, mine=mine, settings=settings,
+                     models=models, registry=registry, reporter=reporter, cancel=cancel, staging=table.staging,
+                     ensure_models=ensure_models, flush=flush, on_progress=on_progress, edits=list(args.edit),
+                     batch=batch, fuse=fuse, resume=not args.no_resume)
     try:
-        for first in range(0, len(mine), batch):
-            group = []  # (index in mine, path, entry, sha256, prepared photo or None = the one-photo path)
-            for k in range(first, min(first + batch, len(mine))):
-                path, entry = files[mine[k]], entries[mine[k]]
-                _check_cancel(cancel)
-                sha = pending(path, entry)
-                if sha is None:
-                    continue
-                prepared = None
-                if batch > 1:
-                    prepared = attempt(path, entry, lambda: prepare_photo(path, settings=settings))
-                    if prepared is None:
-                        continue
-                group.append((k, path, entry, sha, prepared))
-            extras: list[tuple[dict[str, Any], Any]] = [({}, None)] * len(group)
-            if len(group) > 1:
-                loaded_now = ensure_models()
-                reporter.photo(group[0][0], len(mine), f"{len(group)} photos together "
-                               f"({group[0][0] + 1}-{group[-1][0] + 1})")
-                results, caches = batched_results(
-                    models, loaded_now.methods, [S.model_input(g[4].state, models.family.size) for g in group],
-                    presets=settings["presets"], seed=settings["seed"], cancel=cancel, on_progress=on_progress,
-                    registry=registry, on_note=lambda text: reporter.line(f"note: {_display(text)}"), fuse=fuse)
-                extras = list(zip(results, caches))
-            for (k, path, entry, sha, prepared), (done_before, cache) in zip(group, extras):
-                _check_cancel(cancel)
-                reporter.photo(k, len(mine), _display(path.name))
-                if prepared is None:
-                    def make(staging: Path, path: Path = path, sha: str = sha) -> dict[str, Any]:
-                        return invert_photo(models, path, staging, source_sha256=sha, ensure_models=ensure_models,
-                                            **common)
-                else:
-                    def make(staging: Path, prepared: Any = prepared, sha: str = sha, done_before: Any = done_before,
-                             cache: Any = cache) -> dict[str, Any]:
-                        return finish_photo(models, prepared, staging, source_sha256=sha, loaded=ensure_models(),
-                                            precomputed=done_before, starts=cache, **common)
-                write(path, entry, make)
+        loop.run()
     except (Cancelled, KeyboardInterrupt):
         outcome["interrupted"] = True
         reporter.line("stopped: finished photos are kept; run the same command again to go on")
