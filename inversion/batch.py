@@ -24,7 +24,9 @@ from typing import Any, Optional
 import torch
 
 from inversion.lpips import LPIPS, downsample_256
-from inversion.optimize import LATENT_NOISE_RAMP, LR_RAMPUP, _start_code, lr_ramp, resolve_recipe, w_statistics
+from inversion.optimize import (
+    LR_RAMPUP, _start_code, latent_noise_schedule, lr_schedule, resolve_recipe, w_statistics,
+)
 from inversion.recipes import OptimizeRecipe
 from inversion.result import Cancelled, Inversion, ProgressCallback, check_cancel
 from inversion.stepper import CapturedStep, adam, graph_default, run_steps
@@ -112,11 +114,11 @@ def optimize_batch(G: Generator, targets: torch.Tensor, *, lpips: Optional[LPIPS
     if lpips is not None and r.lpips_weight > 0:
         feats = lpips.target_features(downsample_256(targets).to(lpips.shift.dtype))
     f32 = dict(device=dev, dtype=torch.float32)
-    lr_host = [r.lr * lr_ramp(i / steps, rampup=r.rampup, rampdown=r.rampdown) for i in range(steps)]
+    lr_host = lr_schedule(r)
     lr_sched, lr, gate = torch.tensor(lr_host, **f32), torch.zeros((), **f32), torch.ones((), **f32)
     # latent noise: every photo alone draws the same stream (one device generator seeded with ``seed``), so one
     # draw per step, shared by the batch, gives each photo its single run's noise
-    noise_host = [w_std * r.latent_noise * max(0.0, 1.0 - (k / steps) / LATENT_NOISE_RAMP) ** 2 for k in range(steps)]
+    noise_host = latent_noise_schedule(r, w_std)
     noisy_steps = sum(1 for x in noise_host if x > 0)
     noise_sched = torch.tensor(noise_host, **f32).to(dtype)
     eps = torch.zeros((1, *code.shape[1:]), device=dev, dtype=dtype)

@@ -92,6 +92,18 @@ def lr_ramp(t: float, *, rampup: float = LR_RAMPUP, rampdown: float = LR_RAMPDOW
     return (0.5 - 0.5 * math.cos(down * math.pi)) * min(1.0, t / rampup)
 
 
+def lr_schedule(recipe: OptimizeRecipe) -> list[float]:
+    """The learning rate of every step of ``recipe`` (peak ``lr`` times :func:`lr_ramp`)."""
+    steps = recipe.steps
+    return [recipe.lr * lr_ramp(i / steps, rampup=recipe.rampup, rampdown=recipe.rampdown) for i in range(steps)]
+
+
+def latent_noise_schedule(recipe: OptimizeRecipe, w_std: float) -> list[float]:
+    """The latent-noise scale of every step: ``w_std * latent_noise * max(0, 1 - t / 0.75)^2`` (0 without it)."""
+    steps = recipe.steps
+    return [w_std * recipe.latent_noise * max(0.0, 1.0 - (i / steps) / LATENT_NOISE_RAMP) ** 2 for i in range(steps)]
+
+
 def noise_regularization(noises: list[torch.Tensor]) -> torch.Tensor:
     """Multi-scale autocorrelation penalty of noise maps ``(1, 1, R, R)`` (StyleGAN2 projector)."""
     total = noises[0].new_zeros(())
@@ -292,10 +304,8 @@ class _Run:
         self.params = [self.code] + (self.noises or [])
         self.initial = [p.detach().clone() for p in self.params]
         # schedules (host copies for the callbacks, device copies for the step)
-        self.lr_host = [recipe.lr * lr_ramp(i / steps, rampup=recipe.rampup, rampdown=recipe.rampdown)
-                        for i in range(steps)]
-        noise_host = [w_std * recipe.latent_noise * max(0.0, 1.0 - (i / steps) / LATENT_NOISE_RAMP) ** 2
-                      for i in range(steps)]
+        self.lr_host = lr_schedule(recipe)
+        noise_host = latent_noise_schedule(recipe, w_std)
         self.noisy_steps = sum(1 for x in noise_host if x > 0)
         f32 = dict(device=dev, dtype=torch.float32)
         self.lr_sched = torch.tensor(self.lr_host, **f32)

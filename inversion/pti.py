@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import threading
 import time
 from typing import Any, Optional, Union
@@ -339,16 +338,16 @@ class _Tuner:
         return losses
 
 
-def _synthesize(gen: Generator, ws: torch.Tensor, *, autocast: bool) -> torch.Tensor:
+def _synthesize(gen: Generator, ws: torch.Tensor, *, autocast: bool, fold_blur: Optional[bool] = None
+                ) -> torch.Tensor:
     """``gen.synthesis(ws)`` with the stored noise, optionally under bf16 autocast; returns ``ws``'s dtype."""
     with torch.autocast(ws.device.type, dtype=torch.bfloat16, enabled=autocast):
-        return gen.synthesis(ws).to(ws.dtype)
+        return gen.synthesis(ws, fold_blur=fold_blur).to(ws.dtype)
 
 
 def _synthesize_folded(gen: Generator, ws: torch.Tensor, *, autocast: bool) -> torch.Tensor:
     """:func:`_synthesize` with the upsampling FIR folded into four-phase convolutions (exact; the fused form)."""
-    with torch.autocast(ws.device.type, dtype=torch.bfloat16, enabled=autocast):
-        return gen.synthesis(ws, fold_blur=True).to(ws.dtype)
+    return _synthesize(gen, ws, autocast=autocast, fold_blur=True)
 
 
 @functools.lru_cache(maxsize=None)

@@ -15,7 +15,7 @@ import torch
 from inversion.batch import batch_size_for, triton_available
 from inversion.checkpoints import CheckpointError
 from inversion.methods import MethodRegistry, StartCache, invert_batch
-from inversion.methods.starts import fill_starts
+from inversion.methods.starts import try_fill_starts
 from inversion.models import ModelSet
 from inversion.result import Cancelled, Inversion
 from inversion.session.availability import order_methods
@@ -80,10 +80,7 @@ def batched_results(models: ModelSet, methods: Sequence[str], images: Sequence[t
         for mine, result in zip(results, done):
             mine[method] = result
     if any("encoder:e4e" in registry[m].optional for m in methods if m in registry):
-        try:
-            fill_starts(models, "e4e", list(zip(images, starts)))
-        except (CheckpointError, OSError):
-            pass  # those methods start from the mean w, as they would alone
+        try_fill_starts(models, "e4e", list(zip(images, starts)))  # without e4e they start as they would alone
     return results, starts
 
 

@@ -64,18 +64,15 @@ def run_optimization_batch(space: str):
         import torch
 
         from inversion.batch import optimize_batch
-        from inversion.methods.starts import fill_starts
+        from inversion.methods.starts import try_fill_starts
 
         first = requests[0]
         models = first.models
         options = app_options(space, first.preset)
         starts = None
-        if options.pop("start", None) == "e4e":
-            try:
-                fill_starts(models, "e4e", [(r.image, r.starts) for r in requests])
-                starts = torch.cat([r.starts.codes(models, "e4e", r.image) for r in requests])
-            except (CheckpointError, OSError):
-                starts = None
+        if options.pop("start", None) == "e4e" and try_fill_starts(models, "e4e", [(r.image, r.starts)
+                                                                                  for r in requests]):
+            starts = torch.cat([r.starts.codes(models, "e4e", r.image) for r in requests])
         init = starts if starts is not None else models.latent_avg().expand(len(requests), -1)
         lpips = lpips_or_none(first)
         results = optimize_batch(models.generator(), torch.cat([r.image for r in requests]), space=space,

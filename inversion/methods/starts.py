@@ -110,3 +110,13 @@ def fill_starts(models: "ModelSet", kind: str, pairs: "list[tuple[torch.Tensor, 
     for (image, cache), codes in zip(missing, w_plus):
         cache.add(models, kind, image, codes[None])
         cache.encoder_passes += 1
+
+
+def try_fill_starts(models: "ModelSet", kind: str, pairs: "list[tuple[torch.Tensor, StartCache]]") -> bool:
+    """:func:`fill_starts`; False (nothing stored) when that encoder's weights are missing or unreadable, as
+    :meth:`StartCache.try_codes` answers for one photo."""
+    try:
+        fill_starts(models, kind, pairs)
+    except (CheckpointError, OSError):
+        return False
+    return True

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from inversion.checkpoints import CheckpointError
-
 from inversion.methods.base import Method, RunRequest
 from inversion.methods.optimization import app_options, lpips_or_none, run_info
 from inversion.methods.presets import PRESETS
@@ -46,17 +44,13 @@ def run_pti_batch(requests: list[RunRequest]) -> list[Inversion]:
     import torch
 
     from inversion import pti
-    from inversion.methods.starts import fill_starts
+    from inversion.methods.starts import try_fill_starts
 
     first = requests[0]
     models = first.models
     wants_e4e, options = _pivot_choice(first)
-    if wants_e4e:
-        try:
-            fill_starts(models, "e4e", [(r.image, r.starts) for r in requests])
-        except (CheckpointError, OSError):
-            wants_e4e = False  # as alone: without e4e the pivot is optimized in W
-    if wants_e4e:
+    # as alone: without e4e's weights the pivot is optimized in W
+    if wants_e4e and try_fill_starts(models, "e4e", [(r.image, r.starts) for r in requests]):
         return [run_pti(r) for r in requests]
     lpips = lpips_or_none(first)
     keys = ("pivot_steps", "pivot_lr", "w_avg_samples", "tune_steps", "tune_lr", "lpips_threshold", "l2_weight",
